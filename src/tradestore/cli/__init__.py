@@ -1,0 +1,1 @@
+"""The ``tradestore`` command line: a thin layer over the library."""

@@ -1,0 +1,91 @@
+"""Entry point: ``tradestore --help``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from tradestore import __version__
+from tradestore.cache import apply_schema as apply_redis_schema
+from tradestore.cli import stack
+from tradestore.cli.context import build_settings, settings_of
+from tradestore.cli.output import JsonOption, console, error_console, print_json, run_command
+from tradestore.errors import ConfigError
+from tradestore.relational import apply_schema as apply_postgres_schema
+from tradestore.stack.credentials import ensure_credentials
+from tradestore.timeseries import apply_schema as apply_questdb_schema
+
+app = typer.Typer(
+    name="tradestore",
+    help="The data layer of a Solana trading platform: QuestDB, PostgreSQL and Redis.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+app.add_typer(stack.app, name="stack")
+
+SCHEMAS = (
+    ("postgresql", apply_postgres_schema),
+    ("questdb", apply_questdb_schema),
+    ("redis", apply_redis_schema),
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"tradestore {__version__}")
+        raise typer.Exit
+
+
+@app.callback()
+def main(
+    ctx: typer.Context,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Stack data directory [env: TRADESTORE_DATA_DIR; default ./.tradestore]",
+            show_default=False,
+        ),
+    ] = None,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    """tradestore keeps trades, configuration and prices for paper and live traders."""
+    del version
+    try:
+        ctx.obj = build_settings(data_dir)
+    except ConfigError as error:
+        error_console.print(f"[bold red]error:[/] {error}")
+        raise typer.Exit(error.exit_code) from None
+
+
+@app.command()
+def init(ctx: typer.Context, as_json: JsonOption = False) -> None:
+    """Apply every store's schema (PostgreSQL migrations, QuestDB tables, Redis groups)."""
+    settings = ensure_credentials(settings_of(ctx))
+
+    async def work() -> dict[str, list[str]]:
+        applied: dict[str, list[str]] = {}
+        columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
+        with Progress(*columns, console=console, disable=as_json) as progress:
+            for store, apply in SCHEMAS:
+                task = progress.add_task(f"{store}: applying schema", total=1)
+                applied[store] = await apply(settings)
+                progress.update(
+                    task, completed=1, description=f"{store}: {len(applied[store])} step(s)"
+                )
+        return applied
+
+    applied = run_command(work, as_json=as_json)
+    if as_json:
+        print_json(applied)
+        return
+    for store, steps in applied.items():
+        console.print(f"{store}: " + (", ".join(steps) if steps else "up to date"))
+
+
+def run() -> None:
+    app()

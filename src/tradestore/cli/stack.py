@@ -1,0 +1,123 @@
+"""``tradestore stack``: the local stack of real servers."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import typer
+from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from tradestore.cli.context import settings_of
+from tradestore.cli.output import (
+    EXIT_NOT_RUNNING,
+    JsonOption,
+    console,
+    print_json,
+    run_command,
+)
+from tradestore.stack import LocalStack, ServerStatus
+from tradestore.stack.manager import ServerCallback
+from tradestore.stack.questdb import QUESTDB_VERSION, fetch_questdb_jar
+
+app = typer.Typer(help="Start, stop and inspect the local PostgreSQL, Redis and QuestDB.")
+
+
+def _status_table(statuses: list[ServerStatus]) -> Table:
+    table = Table(title="tradestore stack")
+    for column in ("server", "state", "version", "address", "latency", "pid", "log"):
+        table.add_column(column)
+    for status in statuses:
+        state = "[green]running[/]" if status.running else "[red]stopped[/]"
+        if status.error:
+            state = f"[yellow]not answering[/]: {status.error}"
+        latency = f"{status.latency_ms:.3f} ms" if status.latency_ms is not None else "-"
+        table.add_row(
+            status.name,
+            state,
+            status.version or "-",
+            status.address,
+            latency,
+            str(status.pid or "-"),
+            str(status.log_file),
+        )
+    return table
+
+
+def _progress_callback(progress: Progress) -> ServerCallback:
+    tasks: dict[str, TaskID] = {}
+
+    def on_event(server: str, event: str) -> None:
+        finished = event in ("ready", "stopped", "failed")
+        if server not in tasks:
+            tasks[server] = progress.add_task(f"{server}: {event}", total=1)
+        progress.update(tasks[server], description=f"{server}: {event}", completed=int(finished))
+
+    return on_event
+
+
+def _change_stack(
+    ctx: typer.Context,
+    change: Callable[[LocalStack, ServerCallback], Awaitable[None]],
+    as_json: bool,
+) -> None:
+    """Run up or down with a live line per server, then print the resulting status."""
+    stack = LocalStack(settings_of(ctx))
+
+    async def work() -> list[ServerStatus]:
+        if as_json:
+            await change(stack, lambda _server, _event: None)
+        else:
+            columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
+            with Progress(*columns, console=console) as progress:
+                await change(stack, _progress_callback(progress))
+        return await stack.status()
+
+    _print_statuses(run_command(work, as_json=as_json), as_json)
+
+
+def _print_statuses(statuses: list[ServerStatus], as_json: bool) -> None:
+    if as_json:
+        print_json([status.as_dict() for status in statuses])
+    else:
+        console.print(_status_table(statuses))
+
+
+@app.command()
+def up(ctx: typer.Context, as_json: JsonOption = False) -> None:
+    """Start every stopped server, then wait until each answers a real query."""
+    _change_stack(ctx, LocalStack.up, as_json)
+
+
+@app.command()
+def down(ctx: typer.Context, as_json: JsonOption = False) -> None:
+    """Stop exactly the servers this stack started."""
+    _change_stack(ctx, LocalStack.down, as_json)
+
+
+@app.command()
+def status(ctx: typer.Context, as_json: JsonOption = False) -> None:
+    """Show each server, its version, address and round-trip latency (exit 3 if any is down)."""
+    stack = LocalStack(settings_of(ctx))
+    statuses = run_command(stack.status, as_json=as_json)
+    _print_statuses(statuses, as_json)
+    if not all(entry.running and entry.error is None for entry in statuses):
+        raise typer.Exit(EXIT_NOT_RUNNING)
+
+
+@app.command()
+def fetch(ctx: typer.Context, as_json: JsonOption = False) -> None:
+    """Fetch the pinned QuestDB jar from Maven Central and verify its checksum."""
+    log_file = settings_of(ctx).data_dir / "questdb" / "fetch.log"
+
+    async def work() -> str:
+        if as_json:
+            return str(await fetch_questdb_jar(log_file))
+        with console.status(f"fetching QuestDB {QUESTDB_VERSION} with Maven"):
+            return str(await fetch_questdb_jar(log_file))
+
+    jar = run_command(work, as_json=as_json)
+    if as_json:
+        print_json({"version": QUESTDB_VERSION, "jar": jar})
+    else:
+        console.print(f"QuestDB {QUESTDB_VERSION}: {jar} (checksum verified)")

@@ -1,0 +1,82 @@
+"""The one error hierarchy callers catch, whatever store raised underneath.
+
+Each class carries the CLI exit code that means it, so the CLI maps errors to codes in one place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class TradestoreError(Exception):
+    """Root of every error tradestore raises on purpose."""
+
+    exit_code = 1
+
+
+@dataclass(frozen=True, slots=True)
+class FieldProblem:
+    """One rejected field: where it is and why it was refused."""
+
+    field: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.reason}"
+
+
+class InvalidInputError(TradestoreError, ValueError):
+    """Input refused at the boundary: nothing of it was written anywhere."""
+
+    exit_code = 65  # EX_DATAERR
+
+    def __init__(self, model: str, problems: Sequence[FieldProblem]) -> None:
+        self.model = model
+        self.problems = tuple(problems)
+        details = "; ".join(str(problem) for problem in self.problems)
+        super().__init__(f"invalid {model}: {details}")
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        return tuple(problem.field for problem in self.problems)
+
+
+class ConfigError(TradestoreError):
+    """Settings or credentials are missing or unusable."""
+
+    exit_code = 78  # EX_CONFIG
+
+
+class StackError(TradestoreError):
+    """A server of the local stack could not be started, stopped or reached."""
+
+    exit_code = 69  # EX_UNAVAILABLE
+
+    def __init__(self, server: str, reason: str, log_file: Path | None = None) -> None:
+        self.server = server
+        self.reason = reason
+        self.log_file = log_file
+        where = f" (log: {log_file})" if log_file is not None else ""
+        super().__init__(f"{server}: {reason}{where}")
+
+
+class PortInUseError(StackError):
+    """The port a server needs is held by a process that is not this stack's."""
+
+
+class PrerequisiteError(StackError):
+    """A program the stack needs is missing or too old (Java, initdb, redis-server)."""
+
+    exit_code = 72  # EX_OSFILE
+
+
+class DownloadError(StackError):
+    """The QuestDB jar could not be fetched or failed its checksum."""
+
+
+class StoreUnavailableError(TradestoreError):
+    """A store did not answer; the call may succeed once it is back."""
+
+    exit_code = 69  # EX_UNAVAILABLE

@@ -1,0 +1,77 @@
+"""The local stack: the three real servers under one data directory."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+
+from tradestore.errors import StackError
+from tradestore.settings import Settings
+from tradestore.stack.base import ManagedServer, ServerStatus
+from tradestore.stack.credentials import ensure_credentials
+from tradestore.stack.postgres import PostgresServer
+from tradestore.stack.questdb import QuestDBServer
+from tradestore.stack.redis import RedisServer
+
+ServerCallback = Callable[[str, str], None]
+"""Told (server name, what happened) as each server moves on; drives progress output."""
+
+
+def _ignore(_server: str, _event: str) -> None:
+    return None
+
+
+class LocalStack:
+    """Starts, stops and reports PostgreSQL, Redis and QuestDB for one data directory."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = ensure_credentials(settings)
+        self.servers: tuple[ManagedServer, ...] = (
+            PostgresServer(self.settings),
+            RedisServer(self.settings),
+            QuestDBServer(self.settings),
+        )
+
+    def server(self, name: str) -> ManagedServer:
+        for server in self.servers:
+            if server.name == name:
+                return server
+        raise KeyError(name)
+
+    async def _each(
+        self,
+        action: Callable[[ManagedServer], Awaitable[object]],
+        servers: Sequence[ManagedServer],
+        on_event: ServerCallback,
+        doing: str,
+        done: str,
+    ) -> None:
+        async def one(server: ManagedServer) -> None:
+            on_event(server.name, doing)
+            try:
+                await action(server)
+            except BaseException:
+                on_event(server.name, "failed")
+                raise
+            on_event(server.name, done)
+
+        results = await asyncio.gather(*(one(server) for server in servers), return_exceptions=True)
+        failures = [result for result in results if isinstance(result, BaseException)]
+        if len(failures) == 1:
+            raise failures[0]
+        if failures:
+            raise StackError(
+                ", ".join(getattr(f, "server", "stack") for f in failures),
+                "; ".join(str(failure) for failure in failures),
+            ) from failures[0]
+
+    async def up(self, on_event: ServerCallback = _ignore) -> None:
+        """Start every stopped server and wait until each answers a real query."""
+        await self._each(lambda s: s.up(), self.servers, on_event, "starting", "ready")
+
+    async def down(self, on_event: ServerCallback = _ignore) -> None:
+        """Stop the servers this stack started; anything else is left alone."""
+        await self._each(lambda s: s.down(), self.servers, on_event, "stopping", "stopped")
+
+    async def status(self) -> list[ServerStatus]:
+        return list(await asyncio.gather(*(server.status() for server in self.servers)))

@@ -1,0 +1,280 @@
+"""The stack's QuestDB: the official jar from Maven Central on the machine's OpenJDK.
+
+QuestDB 9.3.4 is the newest release on Maven Central (QuestDB 10, which the client's QWP
+WebSocket API needs, is not published there), and its classes target Java 17, so it runs on
+the machine's OpenJDK 17. Ingestion is ILP over HTTP with basic auth; queries use PG wire.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import asyncpg
+
+from tradestore.errors import DownloadError, PrerequisiteError
+from tradestore.settings import QuestDBSettings, Settings
+from tradestore.stack.base import ServerStatus, median_round_trip_ms
+from tradestore.stack.process import (
+    pid_alive,
+    process_cmdline,
+    read_pid,
+    require_free_ports,
+    run_command,
+    terminate,
+    wait_until_ready,
+)
+from tradestore.stack.spawn import spawn_detached
+
+NAME = "questdb"
+QUESTDB_VERSION = "9.3.4"
+QUESTDB_JAR_SHA256 = "939bc53ab22f93dbaa6545143a6e7c536d4904c07b7f2d381e8eef10436be062"
+MIN_JAVA = 17
+START_TIMEOUT_S = 90.0
+HTTP_TIMEOUT_S = 5.0
+_VERSION_IN_BUILD = re.compile(r"QuestDB\s+([0-9][0-9A-Za-z.\-]*)")
+
+
+def maven_jar_path() -> Path:
+    """Where Maven keeps the jar once fetched; shared by every stack on the machine."""
+    repository = Path(os.environ.get("MAVEN_REPOSITORY", Path.home() / ".m2" / "repository"))
+    return (
+        repository
+        / "org"
+        / "questdb"
+        / "questdb"
+        / QUESTDB_VERSION
+        / f"questdb-{QUESTDB_VERSION}.jar"
+    )
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+async def fetch_questdb_jar(log_file: Path) -> Path:
+    """Fetch the pinned jar with Maven (checksums enforced) unless it is there and intact."""
+    jar = maven_jar_path()
+    if jar.is_file() and _sha256(jar) == QUESTDB_JAR_SHA256:
+        return jar
+    maven = shutil.which("mvn")
+    if maven is None:
+        raise PrerequisiteError(NAME, "mvn not found: install Debian's maven (./run setup)")
+    jar.unlink(missing_ok=True)
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        await run_command(
+            NAME,
+            [
+                maven,
+                "--batch-mode",
+                "--quiet",
+                "--strict-checksums",
+                "dependency:get",
+                f"-Dartifact=org.questdb:questdb:{QUESTDB_VERSION}",
+                "-Dtransitive=false",
+            ],
+            log_file,
+            timeout_s=600,
+        )
+    except Exception as error:
+        raise DownloadError(
+            NAME, f"Maven could not fetch org.questdb:questdb:{QUESTDB_VERSION}: {error}", log_file
+        ) from error
+    if not jar.is_file():
+        raise DownloadError(NAME, f"Maven reported success but {jar} is missing", log_file)
+    actual = _sha256(jar)
+    if actual != QUESTDB_JAR_SHA256:
+        jar.unlink(missing_ok=True)
+        raise DownloadError(
+            NAME,
+            f"{jar.name} has sha256 {actual}, expected {QUESTDB_JAR_SHA256}; removed it",
+            log_file,
+        )
+    return jar
+
+
+def find_java(config: QuestDBSettings) -> tuple[Path, int]:
+    """The java binary to use and its feature version; refuses one older than 17."""
+    home = config.java_home or (
+        Path(os.environ["JAVA_HOME"]) if "JAVA_HOME" in os.environ else None
+    )
+    java = str(home / "bin" / "java") if home else shutil.which("java")
+    if java is None or not Path(java).is_file():
+        raise PrerequisiteError(NAME, "java not found: install OpenJDK 17 or newer (./run setup)")
+    probe = subprocess.run(
+        [java, "-XshowSettings:properties", "-version"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    match = re.search(r"java\.specification\.version = (\d+)(?:\.(\d+))?", probe.stderr)
+    if match is None:
+        raise PrerequisiteError(NAME, f"could not read the version of {java}")
+    major = int(match.group(2)) if match.group(1) == "1" else int(match.group(1))
+    if major < MIN_JAVA:
+        raise PrerequisiteError(
+            NAME,
+            f"Java {major} at {java} is too old: QuestDB {QUESTDB_VERSION} needs Java {MIN_JAVA}+",
+        )
+    return Path(java), major
+
+
+class QuestDBServer:
+    name = NAME
+
+    def __init__(self, settings: Settings) -> None:
+        self.config: QuestDBSettings = settings.questdb
+        self.root = settings.data_dir / "questdb"
+        self.pid_file = self.root / "questdb.pid"
+        self.log_file = self.root / "questdb.log"
+
+    @property
+    def address(self) -> str:
+        host = self.config.host
+        return f"http {host}:{self.config.http_port}, pg {host}:{self.config.pg_port}"
+
+    def running_pid(self) -> int | None:
+        pid = read_pid(self.pid_file)
+        if pid is None:
+            return None
+        command = process_cmdline(pid)
+        if "io.questdb/io.questdb.ServerMain" not in command or str(self.root) not in command:
+            return None
+        return pid
+
+    def _write_config(self) -> None:
+        conf_dir = self.root / "conf"
+        conf_dir.mkdir(parents=True, exist_ok=True)
+        conf = conf_dir / "server.conf"
+        conf.touch(mode=0o600)
+        conf.chmod(0o600)
+        host = self.config.host
+        secret = self.config.secret()
+        conf.write_text(
+            "# Written by tradestore on every `stack up`; it holds passwords (mode 0600).\n"
+            f"http.net.bind.to={host}:{self.config.http_port}\n"
+            f"http.user={self.config.user}\n"
+            f"http.password={secret}\n"
+            f"http.min.net.bind.to={host}:{self.config.min_http_port}\n"
+            "http.min.worker.count=1\n"
+            f"pg.net.bind.to={host}:{self.config.pg_port}\n"
+            f"pg.user={self.config.user}\n"
+            f"pg.password={secret}\n"
+            "pg.readonly.user.enabled=false\n"
+            "line.tcp.enabled=false\n"
+            "line.udp.enabled=false\n"
+            "telemetry.enabled=false\n"
+            "cairo.wal.enabled.default=true\n"
+        )
+
+    async def _connect(self) -> asyncpg.Connection:
+        return await asyncpg.connect(
+            host=self.config.host,
+            port=self.config.pg_port,
+            user=self.config.user,
+            password=self.config.secret(),
+            database=self.config.database,
+            timeout=5.0,
+            server_settings={"TimeZone": "UTC"},
+        )
+
+    def http_status(self, *, authenticated: bool) -> int:
+        """HTTP status of a trivial REST query, with or without the credentials."""
+        request = urllib.request.Request(  # noqa: S310 - the URL is our own loopback server
+            f"{self.config.http_url()}/exec?query=SELECT%201"
+        )
+        if authenticated:
+            token = base64.b64encode(f"{self.config.user}:{self.config.secret()}".encode()).decode()
+            request.add_header("Authorization", f"Basic {token}")
+        try:
+            with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_S) as response:  # noqa: S310
+                return int(response.status)
+        except urllib.error.HTTPError as error:
+            return int(error.code)
+
+    async def _version(self) -> str:
+        connection = await self._connect()
+        try:
+            build: str = await connection.fetchval("SELECT build()")
+        finally:
+            await connection.close()
+        http = await asyncio.to_thread(self.http_status, authenticated=True)
+        if http != 200:
+            raise ConnectionError(f"HTTP endpoint answered {http}")
+        match = _VERSION_IN_BUILD.search(build)
+        return match.group(1) if match else build
+
+    async def up(self) -> None:
+        pid = self.running_pid()
+        if pid is None:
+            java, _ = find_java(self.config)
+            jar = await fetch_questdb_jar(self.log_file)
+            ports = [self.config.http_port, self.config.pg_port, self.config.min_http_port]
+            require_free_ports(NAME, self.config.host, ports, self.log_file)
+            self._write_config()
+            pid = spawn_detached(
+                NAME,
+                [
+                    str(java),
+                    f"-Xms{min(256, self.config.heap_mb)}m",
+                    f"-Xmx{self.config.heap_mb}m",
+                    "-XX:+UseParallelGC",
+                    "-XX:ParallelGCThreads=2",
+                    "-p",
+                    str(jar),
+                    "-m",
+                    "io.questdb/io.questdb.ServerMain",
+                    "-d",
+                    str(self.root),
+                ],
+                cwd=self.root,
+                log_file=self.log_file,
+                pid_file=self.pid_file,
+            )
+        started = pid
+        await wait_until_ready(
+            NAME,
+            self._version,
+            timeout_s=START_TIMEOUT_S,
+            log_file=self.log_file,
+            still_running=lambda: pid_alive(started),
+        )
+
+    async def down(self) -> bool:
+        pid = self.running_pid()
+        if pid is None:
+            return False
+        await terminate(pid, timeout_s=60.0)
+        self.pid_file.unlink(missing_ok=True)
+        return True
+
+    async def status(self) -> ServerStatus:
+        pid = self.running_pid()
+        if pid is None:
+            return ServerStatus(NAME, running=False, address=self.address, log_file=self.log_file)
+        try:
+            version = await self._version()
+            connection = await self._connect()
+        except (OSError, asyncpg.PostgresError, ConnectionError) as error:
+            return ServerStatus(NAME, True, self.address, self.log_file, pid=pid, error=str(error))
+        try:
+            latency = await median_round_trip_ms(lambda: connection.fetchval("SELECT 1"))
+        finally:
+            await connection.close()
+        return ServerStatus(
+            NAME, True, self.address, self.log_file, pid=pid, version=version, latency_ms=latency
+        )
