@@ -27,8 +27,11 @@ class FieldProblem:
         return f"{self.field}: {self.reason}"
 
 
-class InvalidInputError(TradestoreError, ValueError):
-    """Input refused at the boundary: nothing of it was written anywhere."""
+class InvalidInputError(TradestoreError):
+    """Input refused at the boundary: nothing of it was written anywhere.
+
+    Deliberately not a ValueError: pydantic would catch one raised while validating and bury it.
+    """
 
     exit_code = 65  # EX_DATAERR
 
@@ -80,3 +83,26 @@ class StoreUnavailableError(TradestoreError):
     """A store did not answer; the call may succeed once it is back."""
 
     exit_code = 69  # EX_UNAVAILABLE
+
+
+class NotFoundError(TradestoreError):
+    """The row asked for does not exist."""
+
+    exit_code = 66  # EX_NOINPUT
+
+
+class AmbiguousSymbolError(TradestoreError):
+    """A symbol names several mints: look the token up by its address instead."""
+
+    exit_code = 65  # EX_DATAERR
+
+    def __init__(self, symbol: str, addresses: Sequence[str]) -> None:
+        self.symbol = symbol
+        self.addresses = tuple(addresses)
+        super().__init__(f"symbol {symbol!r} names {len(self.addresses)} mints: {self.addresses}")
+
+
+class MigrationError(TradestoreError):
+    """A migration failed, or a migration file changed after it was applied."""
+
+    exit_code = 65  # EX_DATAERR

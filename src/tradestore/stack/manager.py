@@ -60,8 +60,12 @@ class LocalStack:
         if len(failures) == 1:
             raise failures[0]
         if failures:
-            raise StackError(
-                ", ".join(getattr(f, "server", "stack") for f in failures),
+            kinds = {type(failure) for failure in failures}
+            kind = kinds.pop() if len(kinds) == 1 else StackError
+            if not issubclass(kind, StackError):
+                kind = StackError
+            raise kind(
+                ", ".join(getattr(failure, "server", "stack") for failure in failures),
                 "; ".join(str(failure) for failure in failures),
             ) from failures[0]
 
