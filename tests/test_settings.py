@@ -64,8 +64,7 @@ def test_generated_credentials_are_private_stable_and_complete(tmp_path: Path) -
         _user, password = second.postgres.credentials(role)
         assert len(password) >= 24
     passwords = {second.redis.secret(), second.questdb.secret()} | {
-        second.postgres.credentials(role)[1]
-        for role in ("app", "owner", "superuser")
+        second.postgres.credentials(role)[1] for role in ("app", "owner", "superuser")
     }
     assert len(passwords) == 5, "every role gets its own password"
 
@@ -73,8 +72,7 @@ def test_generated_credentials_are_private_stable_and_complete(tmp_path: Path) -
 def test_secrets_never_show_in_repr_dump_or_dsn(tmp_path: Path) -> None:
     settings = ensure_credentials(Settings(data_dir=tmp_path))
     secrets = [settings.redis.secret(), settings.questdb.secret()] + [
-        settings.postgres.credentials(role)[1]
-        for role in ("app", "owner", "superuser")
+        settings.postgres.credentials(role)[1] for role in ("app", "owner", "superuser")
     ]
     shown = "\n".join(
         [

@@ -25,12 +25,12 @@ app = typer.Typer(help="Start, stop and inspect the local PostgreSQL, Redis and 
 
 def _status_table(statuses: list[ServerStatus]) -> Table:
     table = Table(title="tradestore stack")
-    for column in ("server", "state", "version", "address", "latency", "pid", "log"):
-        table.add_column(column)
+    for column in ("server", "state", "version", "address", "latency", "pid"):
+        table.add_column(column, no_wrap=column != "address")
     for status in statuses:
         state = "[green]running[/]" if status.running else "[red]stopped[/]"
         if status.error:
-            state = f"[yellow]not answering[/]: {status.error}"
+            state = f"[yellow]not answering[/]: {status.error} (log: {status.log_file})"
         latency = f"{status.latency_ms:.3f} ms" if status.latency_ms is not None else "-"
         table.add_row(
             status.name,
@@ -39,7 +39,6 @@ def _status_table(statuses: list[ServerStatus]) -> Table:
             status.address,
             latency,
             str(status.pid or "-"),
-            str(status.log_file),
         )
     return table
 

@@ -145,7 +145,7 @@ class QuestDBServer:
     @property
     def address(self) -> str:
         host = self.config.host
-        return f"http {host}:{self.config.http_port}, pg {host}:{self.config.pg_port}"
+        return f"{host}:{self.config.http_port} (http), :{self.config.pg_port} (pg)"
 
     def running_pid(self) -> int | None:
         pid = read_pid(self.pid_file)
