@@ -49,7 +49,30 @@ class ManagedServer(Protocol):
     async def down(self) -> bool:
         """Stop exactly what ``up`` started; False when it was not running."""
 
-    async def status(self) -> ServerStatus: ...
+    async def measure(self) -> tuple[str, float]:
+        """The server's version and the median round trip of a real query, in ms."""
+
+
+async def server_status(server: ManagedServer) -> ServerStatus:
+    """Report one server; a server that does not answer is reported, never raised."""
+    pid = server.running_pid()
+    if pid is None:
+        return ServerStatus(server.name, False, server.address, server.log_file)
+    try:
+        version, latency_ms = await server.measure()
+    except Exception as error:  # status reports any failure; it never raises
+        return ServerStatus(
+            server.name, True, server.address, server.log_file, pid=pid, error=str(error)
+        )
+    return ServerStatus(
+        server.name,
+        True,
+        server.address,
+        server.log_file,
+        pid=pid,
+        version=version,
+        latency_ms=latency_ms,
+    )
 
 
 async def median_round_trip_ms(query: Callable[[], Awaitable[object]]) -> float:

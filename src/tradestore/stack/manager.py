@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from tradestore.errors import StackError
 from tradestore.settings import Settings
-from tradestore.stack.base import ManagedServer, ServerStatus
+from tradestore.stack.base import ManagedServer, ServerStatus, server_status
 from tradestore.stack.credentials import ensure_credentials
 from tradestore.stack.postgres import PostgresServer
 from tradestore.stack.questdb import QuestDBServer
@@ -78,4 +78,4 @@ class LocalStack:
         await self._each(lambda s: s.down(), self.servers, on_event, "stopping", "stopped")
 
     async def status(self) -> list[ServerStatus]:
-        return list(await asyncio.gather(*(server.status() for server in self.servers)))
+        return list(await asyncio.gather(*(server_status(server) for server in self.servers)))

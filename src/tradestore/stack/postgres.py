@@ -14,7 +14,7 @@ import asyncpg
 
 from tradestore.errors import PrerequisiteError, StackError
 from tradestore.settings import PostgresSettings, Role, Settings
-from tradestore.stack.base import ServerStatus, median_round_trip_ms
+from tradestore.stack.base import median_round_trip_ms
 from tradestore.stack.process import (
     chown_tree,
     process_cwd,
@@ -252,19 +252,10 @@ class PostgresServer:
         )
         return True
 
-    async def status(self) -> ServerStatus:
-        pid = self.running_pid()
-        if pid is None:
-            return ServerStatus(NAME, running=False, address=self.address, log_file=self.log_file)
-        try:
-            connection = await self._connect("app")
-        except (OSError, asyncpg.PostgresError) as error:
-            return ServerStatus(NAME, True, self.address, self.log_file, pid=pid, error=str(error))
+    async def measure(self) -> tuple[str, float]:
+        connection = await self._connect("app")
         try:
             version = str(await connection.fetchval("SHOW server_version")).split()[0]
-            latency = await median_round_trip_ms(lambda: connection.fetchval("SELECT 1"))
+            return version, await median_round_trip_ms(lambda: connection.fetchval("SELECT 1"))
         finally:
             await connection.close()
-        return ServerStatus(
-            NAME, True, self.address, self.log_file, pid=pid, version=version, latency_ms=latency
-        )

@@ -22,17 +22,9 @@ import asyncpg
 
 from tradestore.errors import DownloadError, PrerequisiteError
 from tradestore.settings import QuestDBSettings, Settings
-from tradestore.stack.base import ServerStatus, median_round_trip_ms
-from tradestore.stack.process import (
-    pid_alive,
-    process_cmdline,
-    read_pid,
-    require_free_ports,
-    run_command,
-    terminate,
-    wait_until_ready,
-)
-from tradestore.stack.spawn import spawn_detached
+from tradestore.stack.base import median_round_trip_ms
+from tradestore.stack.process import process_cmdline, run_command
+from tradestore.stack.spawn import SpawnedServer
 
 NAME = "questdb"
 QUESTDB_VERSION = "9.3.4"
@@ -133,11 +125,14 @@ def find_java(config: QuestDBSettings) -> tuple[Path, int]:
     return Path(java), major
 
 
-class QuestDBServer:
+class QuestDBServer(SpawnedServer):
     name = NAME
+    start_timeout_s = START_TIMEOUT_S
+    stop_timeout_s = 60.0
 
     def __init__(self, settings: Settings) -> None:
         self.config: QuestDBSettings = settings.questdb
+        self.host = self.config.host
         self.root = settings.data_dir / "questdb"
         self.pid_file = self.root / "questdb.pid"
         self.log_file = self.root / "questdb.log"
@@ -147,14 +142,12 @@ class QuestDBServer:
         host = self.config.host
         return f"{host}:{self.config.http_port} (http), :{self.config.pg_port} (pg)"
 
-    def running_pid(self) -> int | None:
-        pid = read_pid(self.pid_file)
-        if pid is None:
-            return None
+    def _owns(self, pid: int) -> bool:
         command = process_cmdline(pid)
-        if "io.questdb/io.questdb.ServerMain" not in command or str(self.root) not in command:
-            return None
-        return pid
+        return "io.questdb/io.questdb.ServerMain" in command and str(self.root) in command
+
+    def _ports(self) -> list[int]:
+        return [self.config.http_port, self.config.pg_port, self.config.min_http_port]
 
     def _write_config(self) -> None:
         conf_dir = self.root / "conf"
@@ -218,63 +211,28 @@ class QuestDBServer:
         match = _VERSION_IN_BUILD.search(build)
         return match.group(1) if match else build
 
-    async def up(self) -> None:
-        pid = self.running_pid()
-        if pid is None:
-            java, _ = find_java(self.config)
-            jar = await fetch_questdb_jar(self.log_file)
-            ports = [self.config.http_port, self.config.pg_port, self.config.min_http_port]
-            require_free_ports(NAME, self.config.host, ports, self.log_file)
-            self._write_config()
-            pid = spawn_detached(
-                NAME,
-                [
-                    str(java),
-                    f"-Xms{min(256, self.config.heap_mb)}m",
-                    f"-Xmx{self.config.heap_mb}m",
-                    "-XX:+UseParallelGC",
-                    "-XX:ParallelGCThreads=2",
-                    "-p",
-                    str(jar),
-                    "-m",
-                    "io.questdb/io.questdb.ServerMain",
-                    "-d",
-                    str(self.root),
-                ],
-                cwd=self.root,
-                log_file=self.log_file,
-                pid_file=self.pid_file,
-            )
-        started = pid
-        await wait_until_ready(
-            NAME,
-            self._version,
-            timeout_s=START_TIMEOUT_S,
-            log_file=self.log_file,
-            still_running=lambda: pid_alive(started),
-        )
+    async def _prepare(self) -> list[str]:
+        java, _ = find_java(self.config)
+        jar = await fetch_questdb_jar(self.log_file)
+        self._write_config()
+        return [
+            str(java),
+            f"-Xms{min(256, self.config.heap_mb)}m",
+            f"-Xmx{self.config.heap_mb}m",
+            "-XX:+UseParallelGC",
+            "-XX:ParallelGCThreads=2",
+            "-p",
+            str(jar),
+            "-m",
+            "io.questdb/io.questdb.ServerMain",
+            "-d",
+            str(self.root),
+        ]
 
-    async def down(self) -> bool:
-        pid = self.running_pid()
-        if pid is None:
-            return False
-        await terminate(pid, timeout_s=60.0)
-        self.pid_file.unlink(missing_ok=True)
-        return True
-
-    async def status(self) -> ServerStatus:
-        pid = self.running_pid()
-        if pid is None:
-            return ServerStatus(NAME, running=False, address=self.address, log_file=self.log_file)
+    async def measure(self) -> tuple[str, float]:
+        version = await self._version()
+        connection = await self._connect()
         try:
-            version = await self._version()
-            connection = await self._connect()
-        except (OSError, asyncpg.PostgresError, ConnectionError) as error:
-            return ServerStatus(NAME, True, self.address, self.log_file, pid=pid, error=str(error))
-        try:
-            latency = await median_round_trip_ms(lambda: connection.fetchval("SELECT 1"))
+            return version, await median_round_trip_ms(lambda: connection.fetchval("SELECT 1"))
         finally:
             await connection.close()
-        return ServerStatus(
-            NAME, True, self.address, self.log_file, pid=pid, version=version, latency_ms=latency
-        )

@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import subprocess
+from abc import ABC, abstractmethod
 from pathlib import Path
 
 from tradestore.errors import StackError
+from tradestore.stack.process import (
+    pid_alive,
+    read_pid,
+    require_free_ports,
+    terminate,
+    wait_until_ready,
+)
 
 
 def spawn_detached(
@@ -27,3 +35,59 @@ def spawn_detached(
             raise StackError(server, f"could not start {argv[0]}: {error}", log_file) from error
     pid_file.write_text(f"{process.pid}\n")
     return process.pid
+
+
+class SpawnedServer(ABC):
+    """A server this stack runs as its own child process, tracked by a pid file."""
+
+    name: str
+    host: str
+    root: Path
+    pid_file: Path
+    log_file: Path
+    start_timeout_s: float
+    stop_timeout_s: float = 30.0
+
+    @abstractmethod
+    def _owns(self, pid: int) -> bool:
+        """True when pid is this stack's server, not a process that reused the number."""
+
+    @abstractmethod
+    def _ports(self) -> list[int]: ...
+
+    @abstractmethod
+    async def _prepare(self) -> list[str]:
+        """Check prerequisites and write the configuration; return the command to run."""
+
+    @abstractmethod
+    async def _version(self) -> str:
+        """A real, authenticated query; raises until the server is ready."""
+
+    def running_pid(self) -> int | None:
+        pid = read_pid(self.pid_file)
+        return pid if pid is not None and self._owns(pid) else None
+
+    async def up(self) -> None:
+        pid = self.running_pid()
+        if pid is None:
+            require_free_ports(self.name, self.host, self._ports(), self.log_file)
+            argv = await self._prepare()
+            pid = spawn_detached(
+                self.name, argv, cwd=self.root, log_file=self.log_file, pid_file=self.pid_file
+            )
+        started = pid
+        await wait_until_ready(
+            self.name,
+            self._version,
+            timeout_s=self.start_timeout_s,
+            log_file=self.log_file,
+            still_running=lambda: pid_alive(started),
+        )
+
+    async def down(self) -> bool:
+        pid = self.running_pid()
+        if pid is None:
+            return False
+        await terminate(pid, timeout_s=self.stop_timeout_s)
+        self.pid_file.unlink(missing_ok=True)
+        return True
