@@ -106,3 +106,9 @@ class MigrationError(TradestoreError):
     """A migration failed, or a migration file changed after it was applied."""
 
     exit_code = 65  # EX_DATAERR
+
+
+class WriterClosedError(TradestoreError):
+    """A row was offered to a writer that is closed or not started; nothing was accepted."""
+
+    exit_code = 70  # EX_SOFTWARE

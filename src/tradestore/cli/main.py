@@ -10,7 +10,9 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from tradestore import __version__
 from tradestore.cache import apply_schema as apply_redis_schema
+from tradestore.cli import relational as relational_cli
 from tradestore.cli import stack
+from tradestore.cli import timeseries as timeseries_cli
 from tradestore.cli.context import build_settings, settings_of
 from tradestore.cli.output import JsonOption, console, error_console, print_json, run_command
 from tradestore.errors import ConfigError
@@ -25,6 +27,8 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 app.add_typer(stack.app, name="stack")
+app.add_typer(timeseries_cli.app, name="timeseries")
+app.add_typer(relational_cli.app, name="migrate")
 
 SCHEMAS = (
     ("postgresql", apply_postgres_schema),

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+
+from tradestore.relational.migrate import apply_migrations
 from tradestore.settings import Settings
 
 
 async def apply_schema(settings: Settings) -> list[str]:
-    """Apply what is missing; return the names of the steps applied (none yet)."""
-    del settings
-    return []
+    """Apply pending migrations as the owner role; return the ids applied."""
+    return await asyncio.to_thread(apply_migrations, settings)

@@ -1,0 +1,240 @@
+"""Redis cache and events: latency and throughput figures (prints them; asserts nothing).
+
+Run: TRADESTORE_TEST_DATA_DIR=... TRADESTORE_TEST_PORT_BASE=... python benchmarks/bench_cache.py
+It uses (and starts, if needed) the Redis of the test stack those variables name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Awaitable, Callable
+from decimal import Decimal
+from pathlib import Path
+
+import redis.asyncio as aioredis
+from solders.keypair import Keypair
+
+from tradestore.cache import EventStream, NearCache, PriceCache, create_client
+from tradestore.models.cache import Event
+from tradestore.settings import Settings
+from tradestore.stack import LocalStack
+
+REPO = Path(__file__).resolve().parents[1]
+READS = 20_000
+NEAR_READS = 200_000
+PUBLISH_SINGLE = 5_000
+PUBLISH_BATCH = 1_000
+PUBLISH_BATCHES = 50
+CONCURRENCY = 50
+
+
+def overrides() -> dict[str, object]:
+    data_dir = Path(os.environ.get("TRADESTORE_TEST_DATA_DIR", REPO / ".tradestore" / "bench"))
+    base = int(os.environ.get("TRADESTORE_TEST_PORT_BASE", "45400"))
+    return {
+        "data_dir": data_dir,
+        "postgres": {"port": base + 1},
+        "redis": {"port": base + 2},
+        "questdb": {"http_port": base + 3, "pg_port": base + 4, "min_http_port": base + 5},
+    }
+
+
+def percentile(samples: list[float], fraction: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def line(name: str, samples_us: list[float]) -> None:
+    print(
+        f"  {name:<44} p50 {percentile(samples_us, 0.50):8.2f} µs"
+        f"   p99 {percentile(samples_us, 0.99):8.2f} µs   (n={len(samples_us)})"
+    )
+
+
+async def timed(call: Callable[[], Awaitable[object]], count: int) -> list[float]:
+    samples = []
+    clock = time.perf_counter_ns
+    for _ in range(count):
+        started = clock()
+        await call()
+        samples.append((clock() - started) / 1_000)
+    return samples
+
+
+async def network_reads(client: aioredis.Redis, mint: str) -> None:
+    """tradestore's get_price against the same pooled client's bare GET, interleaved."""
+    prices = PriceCache(client)
+    key = f"price:{mint}"
+    ours: list[float] = []
+    raw: list[float] = []
+    await timed(lambda: prices.get_price(mint), 2_000)  # warm up both paths
+    await timed(lambda: client.get(key), 2_000)
+    clock = time.perf_counter_ns
+    for index in range(READS):
+        # Alternate call by call (and which goes first) so machine noise hits both alike.
+        for path in (0, 1) if index % 2 else (1, 0):
+            started = clock()
+            if path:
+                await prices.get_price(mint)
+            else:
+                await client.get(key)
+            (ours if path else raw).append((clock() - started) / 1_000)
+    print("price reads over the network (sequential, one pooled RESP3 + hiredis client):")
+    line("tradestore PriceCache.get_price", ours)
+    line("raw redis.asyncio GET, same client", raw)
+    ratio = percentile(ours, 0.99) / percentile(raw, 0.99)
+    print(f"  p99 ratio tradestore/raw: {ratio:.3f} (target <= 1.1)")
+
+
+async def concurrent_reads(client: aioredis.Redis, mint: str) -> None:
+    prices = PriceCache(client)
+    per_task = 2_000
+
+    async def worker() -> None:
+        for _ in range(per_task):
+            await prices.get_price(mint)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
+    elapsed = time.perf_counter() - started
+    tokens = [mint] * 100
+    batches = 500
+    batch_started = time.perf_counter()
+    for _ in range(batches):
+        await prices.get_prices(tokens)
+    batch_elapsed = time.perf_counter() - batch_started
+    print("price read throughput (one process, one event loop):")
+    print(f"  {CONCURRENCY} tasks of get_price: {CONCURRENCY * per_task / elapsed:12,.0f} reads/s")
+    print(f"  get_prices, 100 tokens per MGET: {batches * 100 / batch_elapsed:12,.0f} prices/s")
+
+
+def redis_benchmark(settings: Settings) -> None:
+    """redis-benchmark -t get; credentials go to the child only and are never printed."""
+    binary = shutil.which("redis-benchmark")
+    if binary is None:
+        print("redis-benchmark: not installed, skipped")
+        return
+    print("redis-benchmark -t get (C client, its own connections):")
+    for clients, pipeline in ((1, 1), (50, 1)):
+        result = subprocess.run(
+            [
+                binary,
+                "-h",
+                settings.redis.host,
+                "-p",
+                str(settings.redis.port),
+                "--user",
+                settings.redis.username,
+                "-a",
+                settings.redis.secret(),
+                "-t",
+                "get",
+                "-n",
+                "100000",
+                "-c",
+                str(clients),
+                "-P",
+                str(pipeline),
+                "--csv",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=120,
+        )
+        rows = list(csv.DictReader(io.StringIO(result.stdout)))
+        if result.returncode != 0 or not rows:
+            print(f"  -c {clients}: failed (exit {result.returncode})")
+            continue
+        row = rows[0]
+        print(
+            f"  -c {clients:<3} {float(row['rps']):12,.0f} GET/s"
+            f"   p50 {float(row['p50_latency_ms']) * 1000:8.1f} µs"
+            f"   p99 {float(row['p99_latency_ms']) * 1000:8.1f} µs"
+        )
+
+
+async def near_reads(settings: Settings, client: aioredis.Redis, mint: str) -> None:
+    await PriceCache(client).set_price(mint, Decimal("150.25"))
+    # Long enough to outlast the measurement: a 2 s TTL would turn hits into misses.
+    await client.pexpire(f"price:{mint}", 120_000)
+    async with NearCache(settings) as near:
+        for _ in range(5):
+            await near.get_price(mint)
+        if near.peek_price(mint) is None:
+            print("near cache: the value was never kept, no figure")
+            return
+        batch = 100
+        peek: list[float] = []
+        get: list[float] = []
+        clock = time.perf_counter_ns
+        for _ in range(NEAR_READS // batch):
+            started = clock()
+            for _ in range(batch):
+                near.peek_price(mint)
+            peek.append((clock() - started) / 1_000 / batch)
+            started = clock()
+            for _ in range(batch):
+                await near.get_price(mint)
+            get.append((clock() - started) / 1_000 / batch)
+        print("near cache hits (each sample: mean of 100 consecutive reads):")
+        line("NearCache.peek_price (sync)", peek)
+        line("NearCache.get_price (awaited)", get)
+        print(f"  still linked after the run: {near.linked}")
+
+
+async def publishing(client: aioredis.Redis) -> None:
+    stream = EventStream(client, f"stream:bench-{os.getpid()}")
+    event = Event(event_type="price_update", data={"token": "SOL", "price": "150.25"})
+    try:
+        single = await timed(lambda: stream.publish(event), PUBLISH_SINGLE)
+        batch = [event] * PUBLISH_BATCH
+        per_batch: list[float] = []
+        started = time.perf_counter()
+        for _ in range(PUBLISH_BATCHES):
+            began = time.perf_counter_ns()
+            await stream.publish_many(batch)
+            per_batch.append((time.perf_counter_ns() - began) / 1_000)
+        elapsed = time.perf_counter() - started
+        length = await stream.length()
+    finally:
+        await client.delete(stream.name)
+    print("stream publishing (XADD MAXLEN ~ 10000):")
+    line("EventStream.publish, one XADD per call", single)
+    print(f"  {'  sequential rate':<44} {len(single) / (sum(single) / 1e6):12,.0f} events/s")
+    line(f"EventStream.publish_many, {PUBLISH_BATCH} per call", per_batch)
+    events = PUBLISH_BATCH * PUBLISH_BATCHES
+    print(f"  {'  pipelined rate':<44} {events / elapsed:12,.0f} events/s (target >= 50,000)")
+    print(f"  stream length after {events + len(single):,} publishes: {length:,}")
+
+
+async def main() -> None:
+    stack = LocalStack(Settings(**overrides()))  # type: ignore[arg-type]
+    redis_server = stack.server("redis")
+    started_here = redis_server.running_pid() is None
+    await redis_server.up()
+    settings = stack.settings
+    client = create_client(settings)
+    mint = str(Keypair().pubkey())
+    try:
+        await PriceCache(client).set_price(mint, Decimal("150.25"))
+        await client.pexpire(f"price:{mint}", 600_000)
+        await network_reads(client, mint)
+        await concurrent_reads(client, mint)
+        redis_benchmark(settings)
+        await near_reads(settings, client, mint)
+        await publishing(client)
+    finally:
+        await client.aclose()
+        if started_here:
+            await redis_server.down()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,268 @@
+"""Time series writer figures: rows/s against the raw client, write-to-visible latency, memory.
+
+Run: ``.venv/bin/python benchmarks/bench_timeseries.py [--rows N] [--json]``. With
+``TRADESTORE_TEST_DATA_DIR`` and ``TRADESTORE_TEST_PORT_BASE`` set it uses (and starts) that test
+stack, as the tests do; otherwise the development stack of ``./run start``. Prints figures only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+from uuid import uuid4
+
+from questdb import Sender
+from solders.pubkey import Pubkey
+
+from tradestore.models import Metric, Trade, TradeAction, TradingMode
+from tradestore.settings import Settings
+from tradestore.stack import LocalStack
+from tradestore.stack.questdb import QUESTDB_VERSION
+from tradestore.timeseries.connection import connection
+from tradestore.timeseries.queries import TimeSeriesQueries
+from tradestore.timeseries.rows import TimeSeriesRow, append_row, table_of
+from tradestore.timeseries.schema import apply_schema
+from tradestore.timeseries.writer import PROTOCOL_VERSION, TimeSeriesWriter, WriterConfig
+
+REPO = Path(__file__).resolve().parents[1]
+RAW_BATCH_ROWS = WriterConfig().flush_rows
+ROUNDS = 3
+LATENCY_SAMPLES = 100
+LOAD_ROWS_PER_S = 20_000
+QUERY_ROWS = 1_000
+QUERY_SAMPLES = 50
+BASE, QUOTE = str(Pubkey.new_unique()), str(Pubkey.new_unique())
+
+
+def bench_settings() -> Settings:
+    port_base = os.environ.get("TRADESTORE_TEST_PORT_BASE")
+    if port_base is None:
+        return Settings()
+    sys.path.insert(0, str(REPO))
+    from tests.conftest import stack_overrides  # noqa: PLC0415 - only for the test stack
+
+    data_dir = Path(os.environ.get("TRADESTORE_TEST_DATA_DIR", REPO / ".tradestore" / "test-stack"))
+    return Settings(**stack_overrides(data_dir, int(port_base)))
+
+
+def trades(count: int) -> list[Trade]:
+    trader, start = uuid4(), datetime.now(UTC)
+    return [
+        Trade(
+            timestamp=start + timedelta(microseconds=i),
+            trader_id=trader,
+            mode=TradingMode.PAPER,
+            action=TradeAction.BUY if i % 2 else TradeAction.SELL,
+            base_token=BASE,
+            quote_token=QUOTE,
+            amount=Decimal(i + 1) / 1000,
+            price=Decimal("187.123456789"),
+            fee=Decimal("0.000005"),
+            priority_fee=10_000,
+            latency_ms=i % 300,
+        )
+        for i in range(count)
+    ]
+
+
+def metrics(count: int) -> list[Metric]:
+    name, start = f"bench_{uuid4().hex[:8]}", datetime.now(UTC)
+    return [
+        Metric(timestamp=start + timedelta(microseconds=i), name=name, value=float(i))
+        for i in range(count)
+    ]
+
+
+def rss_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def reset_peak_rss() -> None:
+    Path("/proc/self/clear_refs").write_text("5")  # Linux: reset VmHWM to the current RSS
+
+
+def raw_client(settings: Settings, rows: Sequence[TimeSeriesRow]) -> float:
+    """The official client alone: same rows, same encoding, batches sent one after another."""
+    conf = settings.questdb.ilp_conf() + f"auto_flush=off;protocol_version={PROTOCOL_VERSION};"
+    _, encode = table_of(rows[0])
+    started = time.perf_counter()
+    with Sender.from_conf(conf) as sender:
+        buffer = sender.new_buffer()
+        for offset in range(0, len(rows), RAW_BATCH_ROWS):
+            for row in rows[offset : offset + RAW_BATCH_ROWS]:
+                append_row(buffer, row, encode)
+            sender.flush(buffer, transactional=True)
+    return len(rows) / (time.perf_counter() - started)
+
+
+async def through_writer(settings: Settings, rows: Sequence[TimeSeriesRow]) -> dict[str, float]:
+    """Accepted to acknowledged, start to finish, with the memory it took at peak."""
+    reset_peak_rss()
+    before = rss_kib("VmRSS")
+    async with TimeSeriesWriter(settings) as writer:
+        started = time.perf_counter()
+        receipt = await writer.write_many(rows)
+        await receipt
+        elapsed = time.perf_counter() - started
+        stats = writer.stats()
+    return {
+        "rows_per_s": len(rows) / elapsed,
+        "peak_rss_growth_mib": (rss_kib("VmHWM") - before) / 1024,
+        "peak_pending_mib": stats.peak_pending_bytes / 2**20,
+        "flush_p50_ms": stats.flush_latency_p50_ms or 0.0,
+        "flush_p99_ms": stats.flush_latency_p99_ms or 0.0,
+        "batches": stats.batches_written,
+    }
+
+
+async def write_to_visible(settings: Settings, *, under_load: bool) -> dict[str, float]:
+    """Milliseconds from write() to the row answering a query, one probe row at a time."""
+    samples: list[float] = []
+    acked: list[float] = []
+    stop = asyncio.Event()
+
+    step = LOAD_ROWS_PER_S // 10
+    pool = trades(step * 10)  # built up front: building models would stall the probes
+
+    async def load(writer: TimeSeriesWriter) -> None:
+        chunk = 0
+        while not stop.is_set():
+            # Resending a chunk is still full work for QuestDB (deduplicated on apply).
+            await writer.write_many(pool[chunk * step : (chunk + 1) * step])
+            chunk = (chunk + 1) % 10
+            await asyncio.sleep(0.1)
+
+    async with TimeSeriesWriter(settings) as writer, connection(settings) as conn:
+        background = asyncio.create_task(load(writer)) if under_load else None
+        for _ in range(LATENCY_SAMPLES):
+            # Random phase: probes written right after a flush would all wait a full interval.
+            await asyncio.sleep(random.uniform(0, WriterConfig().flush_interval_s))
+            probe = Metric(name=f"probe_{uuid4().hex}", value=1.0)
+            started = time.perf_counter()
+            await (await writer.write(probe))
+            acked.append((time.perf_counter() - started) * 1000)
+            query = "SELECT count() FROM metrics WHERE metric_name = $1"
+            visible = 0
+            while not visible:
+                visible = await conn.fetchval(query, probe.name)
+                await asyncio.sleep(0 if visible else 0.001)
+            samples.append((time.perf_counter() - started) * 1000)
+        stop.set()
+        if background is not None:
+            await background
+    cuts = statistics.quantiles(samples, n=100, method="inclusive")
+    ack_cuts = statistics.quantiles(acked, n=100, method="inclusive")
+    return {
+        "p50_ms": cuts[49],
+        "p99_ms": cuts[98],
+        "max_ms": max(samples),
+        "ack_p50_ms": ack_cuts[49],
+        "ack_p99_ms": ack_cuts[98],
+    }
+
+
+async def last_trades_latency(settings: Settings) -> dict[str, float]:
+    """The newest 1,000 of a trader's 20,000 trades, as Trade models, among everyone's rows."""
+    rows = trades(20_000)
+    trader = rows[0].trader_id
+    async with TimeSeriesWriter(settings) as writer:
+        await (await writer.write_many(rows))
+    samples: list[float] = []
+    async with await TimeSeriesQueries.connect(settings) as queries:
+        visible = 0
+        while visible < QUERY_ROWS:
+            visible = len(await queries.last_trades(trader, QUERY_ROWS))
+        for _ in range(QUERY_SAMPLES):
+            started = time.perf_counter()
+            await queries.last_trades(trader, QUERY_ROWS)
+            samples.append((time.perf_counter() - started) * 1000)
+    cuts = statistics.quantiles(samples, n=100, method="inclusive")
+    return {"p50_ms": cuts[49], "p99_ms": cuts[98]}
+
+
+async def compare(
+    settings: Settings, make: Callable[[int], list[Any]], count: int
+) -> dict[str, Any]:
+    raw, ours = [], []
+    for _ in range(ROUNDS):
+        raw.append(await asyncio.to_thread(raw_client, settings, make(count)))
+        ours.append(await through_writer(settings, make(count)))
+    best = max(ours, key=lambda run: run["rows_per_s"])
+    raw_median = statistics.median(raw)
+    writer_median = statistics.median(run["rows_per_s"] for run in ours)
+    return {
+        "rows": count,
+        "raw_rows_per_s": raw_median,
+        "writer_rows_per_s": writer_median,
+        "ratio": writer_median / raw_median,
+        "writer_best_run": best,
+        "peak_rss_growth_mib": max(run["peak_rss_growth_mib"] for run in ours),
+    }
+
+
+async def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rows", type=int, default=200_000, help="rows per throughput run")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args(argv)
+    settings = bench_settings()
+    await LocalStack(settings).up()
+    await apply_schema(settings)
+    results: dict[str, Any] = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores,"
+        f" Python {platform.python_version()}",
+        "questdb": QUESTDB_VERSION,
+        "rounds": ROUNDS,
+        "trades": await compare(settings, trades, args.rows),
+        "metrics": await compare(settings, metrics, args.rows),
+        "visible_idle": await write_to_visible(settings, under_load=False),
+        "visible_under_load": await write_to_visible(settings, under_load=True),
+        "last_1000_trades": await last_trades_latency(settings),
+        "process_peak_rss_mib": rss_kib("VmHWM") / 1024,
+    }
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return
+    print(f"machine: {results['machine']}; QuestDB {results['questdb']}")
+    for kind in ("trades", "metrics"):
+        r = results[kind]
+        best = r["writer_best_run"]
+        print(
+            f"{kind:8} {r['rows']:>8} rows, median of {ROUNDS}: raw client "
+            f"{r['raw_rows_per_s']:>9,.0f} rows/s | writer {r['writer_rows_per_s']:>9,.0f} rows/s "
+            f"| ratio {r['ratio']:.2f} | writer peak: pending {best['peak_pending_mib']:.1f} MiB, "
+            f"RSS +{r['peak_rss_growth_mib']:.1f} MiB | flush p50/p99 "
+            f"{best['flush_p50_ms']:.0f}/{best['flush_p99_ms']:.0f} ms in {best['batches']} batches"
+        )
+    for kind, label in (("visible_idle", "idle"), ("visible_under_load", "under load")):
+        r = results[kind]
+        print(
+            f"write-to-visible ({label}): p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms, "
+            f"max {r['max_ms']:.1f} ms over {LATENCY_SAMPLES} rows "
+            f"(acknowledged: p50 {r['ack_p50_ms']:.1f} ms, p99 {r['ack_p99_ms']:.1f} ms)"
+        )
+    r = results["last_1000_trades"]
+    print(
+        f"last {QUERY_ROWS} trades of a trader as models: p50 {r['p50_ms']:.1f} ms, "
+        f"p99 {r['p99_ms']:.1f} ms over {QUERY_SAMPLES} queries"
+    )
+    print(f"benchmark process peak RSS: {results['process_peak_rss_mib']:.0f} MiB")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

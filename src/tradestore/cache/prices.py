@@ -1,0 +1,106 @@
+"""``price:{token}`` and ``pool:{address}``: short-lived values read on every trading decision."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from decimal import Decimal
+from typing import TypeVar
+
+import redis.asyncio as aioredis
+
+from tradestore.cache.client import translated_errors
+from tradestore.cache.config import CacheConfig
+from tradestore.cache.keys import (
+    address,
+    decode_price,
+    encode_price,
+    pool_key,
+    price_key,
+)
+from tradestore.errors import InvalidInputError
+from tradestore.models.cache import PoolState, PriceQuote
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class PriceCache:
+    """Prices as exact decimal strings and pool states as JSON, both with a millisecond TTL.
+
+    A miss (absent or expired) is ``None``; batched calls take one round trip.
+    """
+
+    def __init__(self, client: aioredis.Redis, config: CacheConfig | None = None) -> None:
+        self._client = client
+        self._config = config or CacheConfig()
+
+    async def set_price(self, token: str, price: Decimal) -> None:
+        await self.set_prices({token: price})
+
+    async def set_prices(self, prices: Mapping[str, Decimal]) -> None:
+        """Every price validated first, then all written in one pipelined round trip."""
+        quotes = [PriceQuote(token=token, price=price) for token, price in prices.items()]
+        ttl = self._config.price_ttl_ms
+        with translated_errors("set prices"):
+            if len(quotes) == 1:
+                quote = quotes[0]
+                await self._client.set(price_key(quote.token), encode_price(quote.price), px=ttl)
+                return
+            async with self._client.pipeline(transaction=False) as pipe:
+                for quote in quotes:
+                    pipe.set(price_key(quote.token), encode_price(quote.price), px=ttl)
+                await pipe.execute()
+
+    async def get_price(self, token: str) -> Decimal | None:
+        key = price_key(address(token, "token"))
+        with translated_errors("get price"):
+            raw = await self._client.get(key)
+        return decode_price(key, raw)
+
+    async def get_prices(self, tokens: Sequence[str]) -> dict[str, Decimal | None]:
+        """One MGET for all tokens; each absent or expired one maps to ``None``."""
+        keys = [price_key(address(token, "token")) for token in tokens]
+        return await self._mget(tokens, keys, decode_price)
+
+    async def set_pool(self, state: PoolState) -> None:
+        await self.set_pools([state])
+
+    async def set_pools(self, states: Iterable[PoolState]) -> None:
+        ttl = self._config.pool_ttl_ms
+        pairs = [(pool_key(state.address), state.model_dump_json()) for state in states]
+        with translated_errors("set pool states"):
+            async with self._client.pipeline(transaction=False) as pipe:
+                for key, value in pairs:
+                    pipe.set(key, value, px=ttl)
+                await pipe.execute()
+
+    async def get_pool(self, pool_address: str) -> PoolState | None:
+        return (await self.get_pools([pool_address]))[pool_address]
+
+    async def get_pools(self, addresses: Sequence[str]) -> dict[str, PoolState | None]:
+        """One MGET for all pools; each absent or expired one maps to ``None``."""
+        keys = [pool_key(address(value, "pool_address")) for value in addresses]
+        return await self._mget(addresses, keys, _decode_pool)
+
+    async def _mget(
+        self,
+        names: Sequence[str],
+        keys: list[str],
+        decode: Callable[[str, str | bytes | None], T | None],
+    ) -> dict[str, T | None]:
+        if not keys:
+            return {}
+        with translated_errors("read cached values"):
+            values = await self._client.mget(keys)
+        return {name: decode(key, raw) for name, key, raw in zip(names, keys, values, strict=True)}
+
+
+def _decode_pool(key: str, raw: str | bytes | None) -> PoolState | None:
+    if raw is None:
+        return None
+    try:
+        return PoolState.model_validate_json(raw)
+    except InvalidInputError as error:
+        logger.warning("ignoring %s: %s", key, error)
+        return None

@@ -1,0 +1,136 @@
+"""10 Hz pub/sub for the terminal UI: coalesced publishing, a subscriber that outlives restarts.
+
+Pub/sub is fire-and-forget: what is published while a subscriber is disconnected is not
+replayed. The publisher's latest-value-wins design makes that harmless for state displays: the
+next tick after reconnection carries the current value. Use a stream where every event counts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Self
+
+import redis.asyncio as aioredis
+from redis.asyncio.client import PubSub
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from tradestore.cache.client import translated_errors
+from tradestore.cache.config import CacheConfig
+from tradestore.errors import StoreUnavailableError
+
+logger = logging.getLogger(__name__)
+
+_RECONNECT_DELAYS_S = (0.05, 0.1, 0.2, 0.5, 1.0)
+_POLL_S = 1.0
+
+
+class CoalescingPublisher:
+    """Keeps each channel's latest message and publishes it at most ``hz`` times a second.
+
+    ``offer`` never waits: a producer at 1 kHz stays at 1 kHz. Every 1/hz seconds (on a fixed
+    schedule, so lateness is not carried over) the pending latest value of each channel goes out
+    in one pipelined round trip. A value offered while Redis is down is kept and sent once it is
+    back, unless a newer one replaced it.
+    """
+
+    def __init__(self, client: aioredis.Redis, config: CacheConfig | None = None) -> None:
+        self._client = client
+        self._period = 1.0 / (config or CacheConfig()).pubsub_hz
+        self._pending: dict[str, str] = {}
+        self._task: asyncio.Task[None] | None = None
+        self.published = 0
+        self.failures = 0
+
+    async def __aenter__(self) -> Self:
+        self._task = asyncio.create_task(self._run(), name="tradestore-coalescing-publisher")
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    def offer(self, channel: str, message: str) -> None:
+        """Replace the channel's pending message; it goes out on the next tick."""
+        if self._task is None:
+            raise RuntimeError("use the publisher as `async with CoalescingPublisher(...)`")
+        if self._task.done():
+            self._task.result()  # re-raises what stopped the publishing loop
+        self._pending[channel] = message
+
+    async def _run(self) -> None:
+        next_tick = time.monotonic()
+        while True:
+            next_tick += self._period
+            now = time.monotonic()
+            if next_tick < now:  # a stall: skip the missed ticks rather than bursting
+                next_tick = now + self._period
+            await asyncio.sleep(next_tick - now)
+            await self._flush()
+
+    async def _flush(self) -> None:
+        if not self._pending:
+            return
+        batch, self._pending = self._pending, {}
+        try:
+            with translated_errors("publish"):
+                async with self._client.pipeline(transaction=False) as pipe:
+                    for channel, message in batch.items():
+                        pipe.publish(channel, message)
+                    await pipe.execute()
+        except StoreUnavailableError as error:
+            self.failures += 1
+            logger.warning("pub/sub publish failed, keeping the latest values: %s", error)
+            self._pending = batch | self._pending
+            return
+        self.published += len(batch)
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    channel: str
+    data: str
+
+
+async def subscribe(client: aioredis.Redis, *channels: str) -> AsyncIterator[Message]:
+    """Messages of ``channels`` as they come, across Redis restarts.
+
+    redis-py's PubSub keeps reading a socket the server closed (its reads do not disconnect on
+    error), so a lost link is replaced by a fresh PubSub that subscribes again, with growing
+    delays (at most one second apart) while Redis is unreachable.
+    """
+    failures = 0
+    while True:
+        pubsub = client.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.subscribe(*channels)
+            while True:
+                raw = await pubsub.get_message(ignore_subscribe_messages=True, timeout=_POLL_S)
+                failures = 0
+                if raw is not None and raw.get("type") == "message":
+                    yield Message(channel=str(raw["channel"]), data=str(raw["data"]))
+        except (RedisConnectionError, RedisTimeoutError, OSError) as error:
+            logger.info("pub/sub link lost (%s), subscribing again", error)
+        finally:
+            await _close_quietly(pubsub)
+        await asyncio.sleep(_RECONNECT_DELAYS_S[min(failures, len(_RECONNECT_DELAYS_S) - 1)])
+        failures += 1
+
+
+async def _close_quietly(pubsub: PubSub) -> None:
+    try:
+        await pubsub.aclose()  # type: ignore[no-untyped-call]
+    except (RedisConnectionError, RedisTimeoutError, OSError):
+        logger.debug("closing a broken pub/sub connection failed", exc_info=True)

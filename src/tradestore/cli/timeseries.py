@@ -1,0 +1,35 @@
+"""``tradestore timeseries``: the QuestDB side's operator commands."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from tradestore.cli.context import settings_of
+from tradestore.cli.output import JsonOption, console, print_json, run_command
+from tradestore.timeseries.retention import enforce_retention
+from tradestore.timeseries.schema import RETENTION_DAYS
+
+app = typer.Typer(help="Operate the QuestDB time series.", no_args_is_help=True)
+
+
+@app.command()
+def retention(
+    ctx: typer.Context,
+    days: Annotated[
+        int, typer.Option(min=1, help="Keep partitions holding rows newer than this many days.")
+    ] = RETENTION_DAYS,
+    as_json: JsonOption = False,
+) -> None:
+    """Drop partitions past the retention window by wall clock (TTL waits for a new row)."""
+    settings = settings_of(ctx)
+
+    async def work() -> list[str]:
+        return await enforce_retention(settings, days=days)
+
+    tables = run_command(work, as_json=as_json)
+    if as_json:
+        print_json({"days": days, "tables": tables})
+    else:
+        console.print(f"questdb: dropped partitions older than {days} days in {', '.join(tables)}")

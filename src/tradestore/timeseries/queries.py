@@ -1,0 +1,221 @@
+"""Reads over QuestDB's PostgreSQL wire; every value is a bound parameter.
+
+``SAMPLE BY`` takes no parameter, so its interval is chosen from a fixed set of SQL literals,
+never built from caller text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Context, Decimal
+from typing import Any, Literal, Self
+from uuid import UUID
+
+import asyncpg
+
+from tradestore.errors import FieldProblem, InvalidInputError
+from tradestore.models import Position, Trade, TradeAction, TradingMode
+from tradestore.settings import Settings
+from tradestore.timeseries.connection import UNREACHABLE, connect_options, unavailable
+
+Interval = Literal["1m", "5m", "15m", "1h", "4h", "1d"]
+INTERVALS: frozenset[str] = frozenset(("1m", "5m", "15m", "1h", "4h", "1d"))
+MAX_TRADES = 10_000
+NOTIONAL_DECIMALS = 18
+_QUANTUM = Decimal(1).scaleb(-NOTIONAL_DECIMALS)
+_ONE = Decimal(1)
+EXACT = Context(prec=76)
+"""Wide enough for DECIMAL(56, 18) and its products; Python's default 28 digits would round."""
+
+_TRADE_FIELDS = (
+    "timestamp, id, trader_id, mode, action, base_token, quote_token, amount, price, slippage,"
+    " fee, priority_fee, transfer_fee, tx_signature, latency_ms, mev_protected"
+)
+_MONEY_FIELDS = frozenset(
+    ("amount", "price", "fee", "transfer_fee", "cost_basis", "current_price", "unrealized_pnl")
+)
+
+
+@dataclass(frozen=True, slots=True)
+class PnlBucket:
+    """One trader over one interval. ``realised_pnl`` is cash basis, in the quote token:
+    sell proceeds minus buy cost minus fees; it equals realised PnL when the trader's
+    positions are flat at both ends of the interval. Swaps count in volume only."""
+
+    start: datetime
+    trader_id: UUID
+    realised_pnl: Decimal
+    volume: Decimal
+    fees: Decimal
+    trades: int
+
+
+@dataclass(frozen=True, slots=True)
+class MevSummary:
+    trader_id: UUID
+    events: int
+    avoided: int
+    mean_sandwich_probability: float
+    mean_estimated_loss_bps: float
+    priority_fees: int
+    """Lamports spent on priority fees across these events."""
+
+
+def _utc(value: datetime) -> datetime:
+    # QuestDB sends TIMESTAMP without a zone; the session is UTC, so the value is UTC.
+    return value.replace(tzinfo=UTC)
+
+
+def _bounds(start: datetime, end: datetime) -> tuple[datetime, datetime]:
+    """Aware instants as the naive UTC values the server's TIMESTAMP parameters take."""
+    naive = [name for name, value in (("start", start), ("end", end)) if value.utcoffset() is None]
+    if naive:
+        raise InvalidInputError(
+            "query", [FieldProblem(name, "timestamp must be timezone-aware") for name in naive]
+        )
+    return start.astimezone(UTC).replace(tzinfo=None), end.astimezone(UTC).replace(tzinfo=None)
+
+
+def _stored(row: asyncpg.Record) -> dict[str, Any]:
+    """A stored row as model fields. Rows were validated on their way in, so models are rebuilt
+    without validating again (that would triple the cost of ``last_trades``)."""
+    values = dict(row)
+    values["timestamp"] = _utc(values["timestamp"])
+    values["trader_id"] = UUID(values["trader_id"])
+    for name in _MONEY_FIELDS.intersection(values):
+        values[name] = _tidy(values[name])
+    return values
+
+
+def _tidy(value: Decimal) -> Decimal:
+    """Stored at scale 18: drop the trailing zeros, without turning 100 into 1E+2."""
+    value = value.normalize(EXACT)
+    exponent = value.as_tuple().exponent
+    return (
+        value.quantize(_ONE, context=EXACT) if isinstance(exponent, int) and exponent > 0 else value
+    )
+
+
+def _trade(row: asyncpg.Record) -> Trade:
+    values = _stored(row)
+    values["mode"] = TradingMode(values["mode"])
+    values["action"] = TradeAction(values["action"])
+    return Trade.model_construct(**values)
+
+
+def _quantize(value: Decimal | None) -> Decimal:
+    return Decimal(0) if value is None else value.quantize(_QUANTUM, context=EXACT)
+
+
+class TimeSeriesQueries:
+    """``async with await TimeSeriesQueries.connect(settings) as queries: ...``"""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    @classmethod
+    async def connect(cls, settings: Settings, *, max_size: int = 4) -> Self:
+        try:
+            pool = await asyncpg.create_pool(
+                **connect_options(settings), min_size=1, max_size=max_size
+            )
+        except UNREACHABLE as error:
+            raise unavailable(settings, error) from error
+        return cls(pool)
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def last_trades(self, trader_id: UUID, limit: int = 1000) -> list[Trade]:
+        """The trader's newest trades, newest first."""
+        if not 1 <= limit <= MAX_TRADES:
+            raise InvalidInputError("query", [FieldProblem("limit", f"must be 1..{MAX_TRADES}")])
+        rows = await self._pool.fetch(
+            f"SELECT {_TRADE_FIELDS} FROM trades WHERE trader_id = $1"  # noqa: S608
+            " ORDER BY timestamp DESC LIMIT $2",
+            str(trader_id),
+            limit,
+        )
+        return [_trade(row) for row in rows]
+
+    async def pnl_by_interval(
+        self,
+        start: datetime,
+        end: datetime,
+        interval: Interval = "1h",
+        trader_id: UUID | None = None,
+    ) -> list[PnlBucket]:
+        """Cash-basis realised PnL, volume and fees per trader per interval in [start, end)."""
+        start, end = _bounds(start, end)
+        if interval not in INTERVALS:
+            raise InvalidInputError("query", [FieldProblem("interval", f"one of {INTERVALS}")])
+        rows = await self._pool.fetch(  # interval is one of INTERVALS, checked above
+            "SELECT timestamp, trader_id,"  # noqa: S608
+            " sum(CASE WHEN action = 'sell' THEN amount * price END) sells,"
+            " sum(CASE WHEN action = 'buy' THEN amount * price END) buys,"
+            " sum(amount * price) volume, sum(fee) fees, count() trades"
+            " FROM trades WHERE timestamp >= $1 AND timestamp < $2"
+            " AND ($3::STRING IS NULL OR trader_id = $3)"
+            f" SAMPLE BY {interval} ALIGN TO CALENDAR ORDER BY timestamp, trader_id",
+            start,
+            end,
+            None if trader_id is None else str(trader_id),
+        )
+        return [
+            PnlBucket(
+                start=_utc(row["timestamp"]),
+                trader_id=UUID(row["trader_id"]),
+                realised_pnl=EXACT.subtract(
+                    EXACT.subtract(_quantize(row["sells"]), _quantize(row["buys"])),
+                    _quantize(row["fees"]),
+                ),
+                volume=_quantize(row["volume"]),
+                fees=_quantize(row["fees"]),
+                trades=int(row["trades"]),
+            )
+            for row in rows
+        ]
+
+    async def latest_positions(self, trader_id: UUID | None = None) -> list[Position]:
+        """The newest position of each (trader, token), one trader or all."""
+        rows = await self._pool.fetch(
+            "SELECT timestamp, trader_id, token, amount, cost_basis, current_price, unrealized_pnl"
+            " FROM positions WHERE ($1::STRING IS NULL OR trader_id = $1)"
+            " LATEST ON timestamp PARTITION BY trader_id, token",
+            None if trader_id is None else str(trader_id),
+        )
+        return [Position.model_construct(**_stored(row)) for row in rows]
+
+    async def mev_summary(
+        self, start: datetime, end: datetime, trader_id: UUID | None = None
+    ) -> list[MevSummary]:
+        """Per trader over [start, end): how often MEV threatened, how often it was avoided."""
+        start, end = _bounds(start, end)
+        rows = await self._pool.fetch(
+            "SELECT trader_id, count() events, sum(CASE WHEN avoided THEN 1 ELSE 0 END) avoided,"
+            " avg(sandwich_probability) probability, avg(estimated_loss_bps) loss_bps,"
+            " sum(priority_fee) fees FROM mev_events"
+            " WHERE timestamp >= $1 AND timestamp < $2"
+            " AND ($3::STRING IS NULL OR trader_id = $3) ORDER BY trader_id",
+            start,
+            end,
+            None if trader_id is None else str(trader_id),
+        )
+        return [
+            MevSummary(
+                trader_id=UUID(row["trader_id"]),
+                events=int(row["events"]),
+                avoided=int(row["avoided"]),
+                mean_sandwich_probability=float(row["probability"]),
+                mean_estimated_loss_bps=float(row["loss_bps"]),
+                priority_fees=int(row["fees"]),
+            )
+            for row in rows
+        ]
