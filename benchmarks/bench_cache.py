@@ -1,7 +1,7 @@
 """Redis cache and events: latency and throughput figures (prints them; asserts nothing).
 
-Run: TRADESTORE_TEST_DATA_DIR=... TRADESTORE_TEST_PORT_BASE=... python benchmarks/bench_cache.py
-It uses (and starts, if needed) the Redis of the test stack those variables name.
+Run: ``./run bench``, or ``.venv/bin/python -m benchmarks.bench_cache``. It measures the local
+stack of ``./run start`` (TRADESTORE_* variables move it) and starts it if it is down.
 """
 
 from __future__ import annotations
@@ -15,17 +15,15 @@ import subprocess
 import time
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
-from pathlib import Path
 
 import redis.asyncio as aioredis
 from solders.keypair import Keypair
 
+from benchmarks.support import p50_p99, running_stack
 from tradestore.cache import EventStream, NearCache, PriceCache, create_client
 from tradestore.models.cache import Event
 from tradestore.settings import Settings
-from tradestore.stack import LocalStack
 
-REPO = Path(__file__).resolve().parents[1]
 READS = 20_000
 NEAR_READS = 200_000
 PUBLISH_SINGLE = 5_000
@@ -34,27 +32,9 @@ PUBLISH_BATCHES = 50
 CONCURRENCY = 50
 
 
-def overrides() -> dict[str, object]:
-    data_dir = Path(os.environ.get("TRADESTORE_TEST_DATA_DIR", REPO / ".tradestore" / "bench"))
-    base = int(os.environ.get("TRADESTORE_TEST_PORT_BASE", "45400"))
-    return {
-        "data_dir": data_dir,
-        "postgres": {"port": base + 1},
-        "redis": {"port": base + 2},
-        "questdb": {"http_port": base + 3, "pg_port": base + 4, "min_http_port": base + 5},
-    }
-
-
-def percentile(samples: list[float], fraction: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
-
-
 def line(name: str, samples_us: list[float]) -> None:
-    print(
-        f"  {name:<44} p50 {percentile(samples_us, 0.50):8.2f} µs"
-        f"   p99 {percentile(samples_us, 0.99):8.2f} µs   (n={len(samples_us)})"
-    )
+    p50, p99 = p50_p99(samples_us)
+    print(f"  {name:<44} p50 {p50:8.2f} µs   p99 {p99:8.2f} µs   (n={len(samples_us)})")
 
 
 async def timed(call: Callable[[], Awaitable[object]], count: int) -> list[float]:
@@ -88,7 +68,7 @@ async def network_reads(client: aioredis.Redis, mint: str) -> None:
     print("price reads over the network (sequential, one pooled RESP3 + hiredis client):")
     line("tradestore PriceCache.get_price", ours)
     line("raw redis.asyncio GET, same client", raw)
-    ratio = percentile(ours, 0.99) / percentile(raw, 0.99)
+    ratio = p50_p99(ours)[1] / p50_p99(raw)[1]
     print(f"  p99 ratio tradestore/raw: {ratio:.3f} (target <= 1.1)")
 
 
@@ -215,11 +195,7 @@ async def publishing(client: aioredis.Redis) -> None:
 
 
 async def main() -> None:
-    stack = LocalStack(Settings(**overrides()))  # type: ignore[arg-type]
-    redis_server = stack.server("redis")
-    started_here = redis_server.running_pid() is None
-    await redis_server.up()
-    settings = stack.settings
+    settings = (await running_stack()).settings
     client = create_client(settings)
     mint = str(Keypair().pubkey())
     try:
@@ -232,8 +208,6 @@ async def main() -> None:
         await publishing(client)
     finally:
         await client.aclose()
-        if started_here:
-            await redis_server.down()
 
 
 if __name__ == "__main__":

@@ -1,10 +1,9 @@
 """Token lookups at 50 concurrent callers: tradestore vs raw asyncpg vs pgbench, one run.
 
-Prints figures; asserts nothing about speed. Uses the test stack named by TRADESTORE_TEST_DATA_DIR
-and TRADESTORE_TEST_PORT_BASE (PostgreSQL on base+1), starting only its PostgreSQL if it is down.
+Prints figures; asserts nothing about speed. Measures the local stack of ``./run start``
+(TRADESTORE_* variables move it) and starts it if it is down.
 
-    TRADESTORE_TEST_DATA_DIR=... TRADESTORE_TEST_PORT_BASE=... .venv/bin/python \
-        benchmarks/bench_relational.py [--seconds 5] [--callers 50]
+    .venv/bin/python -m benchmarks.bench_relational [--seconds 5] [--callers 50]
 """
 
 from __future__ import annotations
@@ -16,7 +15,6 @@ import itertools
 import os
 import random
 import re
-import statistics
 import subprocess
 import tempfile
 import time
@@ -26,26 +24,19 @@ from pathlib import Path
 import asyncpg
 from solders.pubkey import Pubkey
 
+from benchmarks.support import p50_p99, running_stack
 from tradestore.models import TokenInfo
 from tradestore.relational import RelationalStore
 from tradestore.relational.pool import pool_arguments, pool_options
 from tradestore.relational.repositories import MINT_COLUMNS
 from tradestore.settings import Settings
-from tradestore.stack import LocalStack
 from tradestore.stack.postgres import _pg_bin
 
-REPO = Path(__file__).resolve().parents[1]
 TOKENS = 1000
 HOT_SET = 100  # pgbench takes at most 128 scripts: one prepared script per looked-up address
 SYMBOL = "BENCHTOK"
 ROUNDS = 3
 LOOKUP = f"SELECT {MINT_COLUMNS} FROM tokens WHERE address = $1"  # noqa: S608
-
-
-def _settings() -> Settings:
-    data_dir = Path(os.environ.get("TRADESTORE_TEST_DATA_DIR", REPO / ".tradestore" / "test-stack"))
-    port_base = int(os.environ.get("TRADESTORE_TEST_PORT_BASE", "45400"))
-    return Settings(data_dir=data_dir, postgres={"port": port_base + 1})
 
 
 def _address(number: int) -> str:
@@ -76,10 +67,10 @@ async def _drive(lookup: Lookup, addresses: list[str], callers: int, seconds: fl
 
 def _report(name: str, latencies_us: list[float], seconds: float) -> float:
     rate = len(latencies_us) / seconds
-    cuts = statistics.quantiles(latencies_us, n=100, method="inclusive")
+    p50, p99 = p50_p99(latencies_us)
     print(
-        f"{name:<34} {rate:>10,.0f} lookups/s   p50 {cuts[49] / 1000:6.3f} ms"
-        f"   p99 {cuts[98] / 1000:6.3f} ms   (n={len(latencies_us):,})"
+        f"{name:<34} {rate:>10,.0f} lookups/s   p50 {p50 / 1000:6.3f} ms"
+        f"   p99 {p99 / 1000:6.3f} ms   (n={len(latencies_us):,})"
     )
     return rate
 
@@ -192,9 +183,7 @@ async def main() -> None:
     parser.add_argument("--callers", type=int, default=50)
     options = parser.parse_args()
 
-    stack = LocalStack(_settings())
-    settings = stack.settings
-    await stack.server("postgresql").up()
+    settings = (await running_stack()).settings
     store = await RelationalStore.open(settings)
     raw_pool = await _raw_pool(settings, default_reset=False)
     default_pool = await _raw_pool(settings, default_reset=True)

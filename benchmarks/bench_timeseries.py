@@ -1,8 +1,8 @@
 """Time series writer figures: rows/s against the raw client, write-to-visible latency, memory.
 
-Run: ``.venv/bin/python benchmarks/bench_timeseries.py [--rows N] [--json]``. With
-``TRADESTORE_TEST_DATA_DIR`` and ``TRADESTORE_TEST_PORT_BASE`` set it uses (and starts) that test
-stack, as the tests do; otherwise the development stack of ``./run start``. Prints figures only.
+Run: ``.venv/bin/python -m benchmarks.bench_timeseries [--rows N] [--json]`` (or ``./run bench``).
+It measures the local stack of ``./run start`` (TRADESTORE_* variables move it), starting it if it
+is down. Prints figures only.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import os
 import platform
 import random
 import statistics
-import sys
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -26,9 +25,9 @@ from uuid import uuid4
 from questdb import Sender
 from solders.pubkey import Pubkey
 
+from benchmarks.support import p50_p99, running_stack
 from tradestore.models import Metric, Trade, TradeAction, TradingMode
 from tradestore.settings import Settings
-from tradestore.stack import LocalStack
 from tradestore.stack.questdb import QUESTDB_VERSION
 from tradestore.timeseries.connection import connection
 from tradestore.timeseries.queries import TimeSeriesQueries
@@ -36,7 +35,6 @@ from tradestore.timeseries.rows import TimeSeriesRow, append_row, table_of
 from tradestore.timeseries.schema import apply_schema
 from tradestore.timeseries.writer import PROTOCOL_VERSION, TimeSeriesWriter, WriterConfig
 
-REPO = Path(__file__).resolve().parents[1]
 RAW_BATCH_ROWS = WriterConfig().flush_rows
 ROUNDS = 3
 LATENCY_SAMPLES = 100
@@ -44,17 +42,6 @@ LOAD_ROWS_PER_S = 20_000
 QUERY_ROWS = 1_000
 QUERY_SAMPLES = 50
 BASE, QUOTE = str(Pubkey.new_unique()), str(Pubkey.new_unique())
-
-
-def bench_settings() -> Settings:
-    port_base = os.environ.get("TRADESTORE_TEST_PORT_BASE")
-    if port_base is None:
-        return Settings()
-    sys.path.insert(0, str(REPO))
-    from tests.conftest import stack_overrides  # noqa: PLC0415 - only for the test stack
-
-    data_dir = Path(os.environ.get("TRADESTORE_TEST_DATA_DIR", REPO / ".tradestore" / "test-stack"))
-    return Settings(**stack_overrides(data_dir, int(port_base)))
 
 
 def trades(count: int) -> list[Trade]:
@@ -165,14 +152,14 @@ async def write_to_visible(settings: Settings, *, under_load: bool) -> dict[str,
         stop.set()
         if background is not None:
             await background
-    cuts = statistics.quantiles(samples, n=100, method="inclusive")
-    ack_cuts = statistics.quantiles(acked, n=100, method="inclusive")
+    p50, p99 = p50_p99(samples)
+    ack_p50, ack_p99 = p50_p99(acked)
     return {
-        "p50_ms": cuts[49],
-        "p99_ms": cuts[98],
+        "p50_ms": p50,
+        "p99_ms": p99,
         "max_ms": max(samples),
-        "ack_p50_ms": ack_cuts[49],
-        "ack_p99_ms": ack_cuts[98],
+        "ack_p50_ms": ack_p50,
+        "ack_p99_ms": ack_p99,
     }
 
 
@@ -191,8 +178,8 @@ async def last_trades_latency(settings: Settings) -> dict[str, float]:
             started = time.perf_counter()
             await queries.last_trades(trader, QUERY_ROWS)
             samples.append((time.perf_counter() - started) * 1000)
-    cuts = statistics.quantiles(samples, n=100, method="inclusive")
-    return {"p50_ms": cuts[49], "p99_ms": cuts[98]}
+    p50, p99 = p50_p99(samples)
+    return {"p50_ms": p50, "p99_ms": p99}
 
 
 async def compare(
@@ -220,8 +207,7 @@ async def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--rows", type=int, default=200_000, help="rows per throughput run")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
-    settings = bench_settings()
-    await LocalStack(settings).up()
+    settings = (await running_stack()).settings
     await apply_schema(settings)
     results: dict[str, Any] = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores,"

@@ -1,0 +1,1 @@
+"""Benchmarks: scripts that print figures (``./run bench``); they assert nothing about speed."""
