@@ -86,6 +86,7 @@ def test_status_of_a_stack_that_is_not_running_exits_3(tmp_path: Path, stack: Lo
     result = tradestore("stack", "status", "--json", env=env)
     assert result.returncode == 3
     assert [entry["running"] for entry in json.loads(result.stdout)] == [False, False, False]
+    assert not (tmp_path / "credentials.json").exists(), "looking must not generate passwords"
 
 
 def test_a_failure_is_a_typed_json_error_with_its_exit_code(

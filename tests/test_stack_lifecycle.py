@@ -22,7 +22,7 @@ from redis.exceptions import AuthenticationError, ResponseError
 
 from tests.conftest import REPO, stack_overrides
 from tradestore.errors import PortInUseError, PrerequisiteError
-from tradestore.settings import Settings
+from tradestore.settings import Role, Settings
 from tradestore.stack import LocalStack
 from tradestore.stack.process import port_is_free
 
@@ -60,11 +60,22 @@ async def pids(local: LocalStack) -> dict[str, int | None]:
     return {server.name: server.running_pid() for server in local.servers}
 
 
+async def connect_postgres(settings: Settings, role: Role) -> asyncpg.Connection:
+    user, password = settings.postgres.credentials(role)
+    return await asyncpg.connect(
+        host=settings.postgres.host,
+        port=settings.postgres.port,
+        user=user,
+        password=password,
+        database=settings.postgres.database,
+    )
+
+
 async def test_up_from_nothing_then_up_again_down_and_restart(fresh_stack: LocalStack) -> None:
-    settings = fresh_stack.settings
     assert all(pid is None for pid in (await pids(fresh_stack)).values())
 
     await fresh_stack.up()
+    settings = fresh_stack.settings
     first = await pids(fresh_stack)
     assert all(pid is not None for pid in first.values()), first
     statuses = await fresh_stack.status()
@@ -79,14 +90,7 @@ async def test_up_from_nothing_then_up_again_down_and_restart(fresh_stack: Local
     assert versions["questdb"] == "9.3.4"
 
     # Something to survive the restart: a table owned by the migrating role.
-    owner, owner_password = settings.postgres.credentials("owner")
-    connection = await asyncpg.connect(
-        host="127.0.0.1",
-        port=settings.postgres.port,
-        user=owner,
-        password=owner_password,
-        database=settings.postgres.database,
-    )
+    connection = await connect_postgres(settings, "owner")
     try:
         await connection.execute("CREATE TABLE survives (value int)")
         await connection.execute("INSERT INTO survives VALUES (7)")
@@ -112,14 +116,7 @@ async def test_up_from_nothing_then_up_again_down_and_restart(fresh_stack: Local
     again = LocalStack(Settings(**stack_overrides(settings.data_dir, port_base)))
     await again.up()
     assert again.settings.redis.secret() == settings.redis.secret()
-    app, app_password = again.settings.postgres.credentials("app")
-    connection = await asyncpg.connect(
-        host="127.0.0.1",
-        port=settings.postgres.port,
-        user=app,
-        password=app_password,
-        database=settings.postgres.database,
-    )
+    connection = await connect_postgres(again.settings, "app")
     try:
         assert await connection.fetchval("SELECT value FROM survives") == 7
     finally:
@@ -131,17 +128,11 @@ async def test_each_server_answers_only_with_the_generated_credentials(
 ) -> None:
     settings = stack.settings
     postgres = settings.postgres
-    for role in ("app", "owner"):
-        user, password = postgres.credentials(role)
-        connection = await asyncpg.connect(
-            host=postgres.host,
-            port=postgres.port,
-            user=user,
-            password=password,
-            database=postgres.database,
-        )
+    roles: tuple[Role, ...] = ("app", "owner")
+    for role in roles:
+        connection = await connect_postgres(settings, role)
         try:
-            assert await connection.fetchval("SELECT current_user") == user
+            assert await connection.fetchval("SELECT current_user") == postgres.credentials(role)[0]
         finally:
             await connection.close()
     with pytest.raises(asyncpg.InvalidPasswordError):

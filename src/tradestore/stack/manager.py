@@ -25,7 +25,10 @@ class LocalStack:
     """Starts, stops and reports PostgreSQL, Redis and QuestDB for one data directory."""
 
     def __init__(self, settings: Settings) -> None:
-        self.settings = ensure_credentials(settings)
+        self._configure(settings)
+
+    def _configure(self, settings: Settings) -> None:
+        self.settings = settings
         self.servers: tuple[ManagedServer, ...] = (
             PostgresServer(self.settings),
             RedisServer(self.settings),
@@ -70,7 +73,11 @@ class LocalStack:
             ) from failures[0]
 
     async def up(self, on_event: ServerCallback = _ignore) -> None:
-        """Start every stopped server and wait until each answers a real query."""
+        """Start every stopped server and wait until each answers a real query.
+
+        Passwords are generated here, on the first ``up``, never by a command that only looks.
+        """
+        self._configure(ensure_credentials(self.settings))
         await self._each(lambda s: s.up(), self.servers, on_event, "starting", "ready")
 
     async def down(self, on_event: ServerCallback = _ignore) -> None:
