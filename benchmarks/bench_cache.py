@@ -20,7 +20,8 @@ import redis.asyncio as aioredis
 from solders.keypair import Keypair
 
 from benchmarks.support import p50_p99, running_stack
-from tradestore.cache import EventStream, NearCache, PriceCache, create_client
+from tradestore.cache import CacheStore
+from tradestore.cache.client import create_client
 from tradestore.models.cache import Event
 from tradestore.settings import Settings
 
@@ -47,9 +48,9 @@ async def timed(call: Callable[[], Awaitable[object]], count: int) -> list[float
     return samples
 
 
-async def network_reads(client: aioredis.Redis, mint: str) -> None:
-    """tradestore's get_price against the same pooled client's bare GET, interleaved."""
-    prices = PriceCache(client)
+async def network_reads(cache: CacheStore, client: aioredis.Redis, mint: str) -> None:
+    """tradestore's get_price against a bare GET on a client made alike, interleaved."""
+    prices = cache.prices
     key = f"price:{mint}"
     ours: list[float] = []
     raw: list[float] = []
@@ -65,15 +66,15 @@ async def network_reads(client: aioredis.Redis, mint: str) -> None:
             else:
                 await client.get(key)
             (ours if path else raw).append((clock() - started) / 1_000)
-    print("price reads over the network (sequential, one pooled RESP3 + hiredis client):")
+    print("price reads over the network (sequential, pooled RESP3 + hiredis clients):")
     line("tradestore PriceCache.get_price", ours)
-    line("raw redis.asyncio GET, same client", raw)
+    line("raw redis.asyncio GET, same client setup", raw)
     ratio = p50_p99(ours)[1] / p50_p99(raw)[1]
     print(f"  p99 ratio tradestore/raw: {ratio:.3f} (target <= 1.1)")
 
 
-async def concurrent_reads(client: aioredis.Redis, mint: str) -> None:
-    prices = PriceCache(client)
+async def concurrent_reads(cache: CacheStore, mint: str) -> None:
+    prices = cache.prices
     per_task = 2_000
 
     async def worker() -> None:
@@ -101,18 +102,19 @@ def redis_benchmark(settings: Settings) -> None:
         print("redis-benchmark: not installed, skipped")
         return
     print("redis-benchmark -t get (C client, its own connections):")
+    arguments = settings.redis.connect_arguments()
     for clients, pipeline in ((1, 1), (50, 1)):
         result = subprocess.run(
             [
                 binary,
                 "-h",
-                settings.redis.host,
+                arguments["host"],
                 "-p",
-                str(settings.redis.port),
+                str(arguments["port"]),
                 "--user",
-                settings.redis.username,
+                arguments["username"],
                 "-a",
-                settings.redis.secret(),
+                arguments["password"],
                 "-t",
                 "get",
                 "-n",
@@ -140,11 +142,12 @@ def redis_benchmark(settings: Settings) -> None:
         )
 
 
-async def near_reads(settings: Settings, client: aioredis.Redis, mint: str) -> None:
-    await PriceCache(client).set_price(mint, Decimal("150.25"))
+async def near_reads(cache: CacheStore, client: aioredis.Redis, mint: str) -> None:
+    await cache.prices.set_price(mint, Decimal("150.25"))
     # Long enough to outlast the measurement: a 2 s TTL would turn hits into misses.
     await client.pexpire(f"price:{mint}", 120_000)
-    async with NearCache(settings) as near:
+    async with CacheStore.open(cache.settings, near_cache=True) as near_store:
+        near = near_store.near
         for _ in range(5):
             await near.get_price(mint)
         if near.peek_price(mint) is None:
@@ -169,8 +172,8 @@ async def near_reads(settings: Settings, client: aioredis.Redis, mint: str) -> N
         print(f"  still linked after the run: {near.linked}")
 
 
-async def publishing(client: aioredis.Redis) -> None:
-    stream = EventStream(client, f"stream:bench-{os.getpid()}")
+async def publishing(cache: CacheStore, client: aioredis.Redis) -> None:
+    stream = cache.stream(f"stream:bench-{os.getpid()}")
     event = Event(event_type="price_update", data={"token": "SOL", "price": "150.25"})
     try:
         single = await timed(lambda: stream.publish(event), PUBLISH_SINGLE)
@@ -196,16 +199,18 @@ async def publishing(client: aioredis.Redis) -> None:
 
 async def main() -> None:
     settings = (await running_stack()).settings
-    client = create_client(settings)
+    # The raw contender: a client made exactly as the store makes its own.
+    client = create_client(settings.redis)
     mint = str(Keypair().pubkey())
     try:
-        await PriceCache(client).set_price(mint, Decimal("150.25"))
-        await client.pexpire(f"price:{mint}", 600_000)
-        await network_reads(client, mint)
-        await concurrent_reads(client, mint)
-        redis_benchmark(settings)
-        await near_reads(settings, client, mint)
-        await publishing(client)
+        async with CacheStore.open(settings) as cache:
+            await cache.prices.set_price(mint, Decimal("150.25"))
+            await client.pexpire(f"price:{mint}", 600_000)
+            await network_reads(cache, client, mint)
+            await concurrent_reads(cache, mint)
+            redis_benchmark(settings)
+            await near_reads(cache, client, mint)
+            await publishing(cache, client)
     finally:
         await client.aclose()
 

@@ -30,7 +30,7 @@ from tradestore.relational import RelationalStore
 from tradestore.relational.pool import pool_arguments, pool_options
 from tradestore.relational.repositories import MINT_COLUMNS
 from tradestore.settings import Settings
-from tradestore.stack.postgres import _pg_bin
+from tradestore.stack.postgres import pg_bin
 
 TOKENS = 1000
 HOT_SET = 100  # pgbench takes at most 128 scripts: one prepared script per looked-up address
@@ -121,8 +121,7 @@ def _pgbench_latencies_us(logs: Iterable[Path]) -> list[float]:
 
 
 def _pgbench(settings: Settings, addresses: list[str], callers: int, seconds: float) -> None:
-    config = settings.postgres
-    user, password = config.credentials("app")
+    arguments = settings.postgres.connect_arguments("app")
     with tempfile.TemporaryDirectory(prefix="bench-relational-") as scratch:
         work = Path(scratch)
         scripts = []
@@ -131,7 +130,7 @@ def _pgbench(settings: Settings, addresses: list[str], callers: int, seconds: fl
             script.write_text(LOOKUP.replace("$1", f"'{address}'") + ";\n")
             scripts.extend(["-f", f"{script}@1"])
         argv = [
-            _pg_bin("pgbench"),
+            pg_bin("pgbench"),
             "--no-vacuum",
             "--protocol=prepared",
             f"--client={callers}",
@@ -139,16 +138,16 @@ def _pgbench(settings: Settings, addresses: list[str], callers: int, seconds: fl
             f"--time={max(1, round(seconds))}",
             "--log",
             f"--log-prefix={work / 'log'}",
-            f"--host={config.host}",
-            f"--port={config.port}",
-            f"--username={user}",
+            f"--host={arguments['host']}",
+            f"--port={arguments['port']}",
+            f"--username={arguments['user']}",
             *scripts,
-            config.database,
+            arguments["database"],
         ]
         # The password reaches the child only, through its environment; it is never printed.
         done = subprocess.run(  # noqa: PLW1510  (checked just below)
             argv,
-            env=os.environ | {"PGPASSWORD": password},
+            env=os.environ | {"PGPASSWORD": arguments["password"]},
             capture_output=True,
             text=True,
             cwd=work,
@@ -184,36 +183,37 @@ async def main() -> None:
     options = parser.parse_args()
 
     settings = (await running_stack()).settings
-    store = await RelationalStore.open(settings)
     raw_pool = await _raw_pool(settings, default_reset=False)
     default_pool = await _raw_pool(settings, default_reset=True)
     try:
-        addresses = (await _seed(store))[:HOT_SET]
-        print(
-            f"token lookup by address, {HOT_SET} hot mints of {TOKENS}, pool"
-            f" {pool_options(settings.postgres)}, load average {os.getloadavg()[0]:.1f}"
-            f" on {os.cpu_count()} CPUs"
-        )
-        contenders: dict[str, Lookup] = {
-            "tradestore tokens.get -> TokenInfo": store.tokens.get,
-            "raw asyncpg fetchrow -> Record": lambda address: raw_pool.fetchrow(LOOKUP, address),
-            "raw asyncpg, default pool reset *": (
-                lambda address: default_pool.fetchrow(LOOKUP, address)
-            ),
-        }
-        print(f"-- {options.callers} concurrent callers, {options.seconds:g} s each")
-        rates = await _compare(contenders, addresses, options.callers, options.seconds)
-        _pgbench(settings, addresses, options.callers, options.seconds)
-        print("-- 1 caller (the latency of one lookup, without queueing behind 49 others)")
-        single = {name: contenders[name] for name in list(contenders)[:2]}
-        await _compare(single, addresses, 1, options.seconds / 2)
-        tradestore, raw = (rates[name] for name in list(contenders)[:2])
-        print("* asyncpg's default pool runs one extra reset query per release")
-        print(f"tradestore / raw asyncpg (same pool options): {tradestore / raw:.2f}x")
+        async with RelationalStore.open(settings) as store:
+            addresses = (await _seed(store))[:HOT_SET]
+            print(
+                f"token lookup by address, {HOT_SET} hot mints of {TOKENS}, pool"
+                f" {pool_options(settings.postgres)}, load average {os.getloadavg()[0]:.1f}"
+                f" on {os.cpu_count()} CPUs"
+            )
+            contenders: dict[str, Lookup] = {
+                "tradestore tokens.get -> TokenInfo": store.tokens.get,
+                "raw asyncpg fetchrow -> Record": (
+                    lambda address: raw_pool.fetchrow(LOOKUP, address)
+                ),
+                "raw asyncpg, default pool reset *": (
+                    lambda address: default_pool.fetchrow(LOOKUP, address)
+                ),
+            }
+            print(f"-- {options.callers} concurrent callers, {options.seconds:g} s each")
+            rates = await _compare(contenders, addresses, options.callers, options.seconds)
+            _pgbench(settings, addresses, options.callers, options.seconds)
+            print("-- 1 caller (the latency of one lookup, without queueing behind 49 others)")
+            single = {name: contenders[name] for name in list(contenders)[:2]}
+            await _compare(single, addresses, 1, options.seconds / 2)
     finally:
-        await store.close()
         await raw_pool.close()
         await default_pool.close()
+    tradestore, raw = (rates[name] for name in list(contenders)[:2])
+    print("* asyncpg's default pool runs one extra reset query per release")
+    print(f"tradestore / raw asyncpg (same pool options): {tradestore / raw:.2f}x")
 
 
 if __name__ == "__main__":

@@ -29,13 +29,11 @@ from benchmarks.support import p50_p99, running_stack
 from tradestore.models import Metric, Trade, TradeAction, TradingMode
 from tradestore.settings import Settings
 from tradestore.stack.questdb import QUESTDB_VERSION
+from tradestore.timeseries import TimeSeriesStore, TimeSeriesWriter
 from tradestore.timeseries.connection import connection
-from tradestore.timeseries.queries import TimeSeriesQueries
 from tradestore.timeseries.rows import TimeSeriesRow, append_row, table_of
-from tradestore.timeseries.schema import apply_schema
-from tradestore.timeseries.writer import PROTOCOL_VERSION, TimeSeriesWriter, WriterConfig
+from tradestore.timeseries.writer import PROTOCOL_VERSION
 
-RAW_BATCH_ROWS = WriterConfig().flush_rows
 ROUNDS = 3
 LATENCY_SAMPLES = 100
 LOAD_ROWS_PER_S = 20_000
@@ -84,14 +82,16 @@ def reset_peak_rss() -> None:
 
 
 def raw_client(settings: Settings, rows: Sequence[TimeSeriesRow]) -> float:
-    """The official client alone: same rows, same encoding, batches sent one after another."""
+    """The official client alone: same rows, same encoding, batches of the writer's size sent
+    one after another."""
     conf = settings.questdb.ilp_conf() + f"auto_flush=off;protocol_version={PROTOCOL_VERSION};"
+    batch_rows = settings.questdb.flush_rows
     _, encode = table_of(rows[0])
     started = time.perf_counter()
     with Sender.from_conf(conf) as sender:
         buffer = sender.new_buffer()
-        for offset in range(0, len(rows), RAW_BATCH_ROWS):
-            for row in rows[offset : offset + RAW_BATCH_ROWS]:
+        for offset in range(0, len(rows), batch_rows):
+            for row in rows[offset : offset + batch_rows]:
                 append_row(buffer, row, encode)
             sender.flush(buffer, transactional=True)
     return len(rows) / (time.perf_counter() - started)
@@ -138,7 +138,7 @@ async def write_to_visible(settings: Settings, *, under_load: bool) -> dict[str,
         background = asyncio.create_task(load(writer)) if under_load else None
         for _ in range(LATENCY_SAMPLES):
             # Random phase: probes written right after a flush would all wait a full interval.
-            await asyncio.sleep(random.uniform(0, WriterConfig().flush_interval_s))
+            await asyncio.sleep(random.uniform(0, settings.questdb.flush_interval_s))
             probe = Metric(name=f"probe_{uuid4().hex}", value=1.0)
             started = time.perf_counter()
             await (await writer.write(probe))
@@ -167,10 +167,10 @@ async def last_trades_latency(settings: Settings) -> dict[str, float]:
     """The newest 1,000 of a trader's 20,000 trades, as Trade models, among everyone's rows."""
     rows = trades(20_000)
     trader = rows[0].trader_id
-    async with TimeSeriesWriter(settings) as writer:
-        await (await writer.write_many(rows))
     samples: list[float] = []
-    async with await TimeSeriesQueries.connect(settings) as queries:
+    async with TimeSeriesStore.open(settings) as store:
+        await (await store.writer.write_many(rows))
+        queries = store.queries
         visible = 0
         while visible < QUERY_ROWS:
             visible = len(await queries.last_trades(trader, QUERY_ROWS))
@@ -208,7 +208,6 @@ async def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
     settings = (await running_stack()).settings
-    await apply_schema(settings)
     results: dict[str, Any] = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores,"
         f" Python {platform.python_version()}",

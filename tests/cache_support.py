@@ -1,28 +1,38 @@
-"""Helpers shared by the cache tests: fresh keys and bounded polling of real servers."""
+"""What the cache tests share: the store, a raw client to check it with, fresh keys.
+
+Registered as a pytest plugin in ``conftest.py``, so its fixtures reach every test module.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator
 
+import pytest
 import redis.asyncio as aioredis
 from solders.keypair import Keypair
+
+from tradestore.cache import CacheStore
+from tradestore.settings import Settings
+
+
+@pytest.fixture
+async def cache(settings: Settings) -> AsyncIterator[CacheStore]:
+    async with CacheStore.open(settings) as store:
+        yield store
+
+
+@pytest.fixture
+async def redis_client(settings: Settings) -> AsyncIterator[aioredis.Redis]:
+    """A driver client of its own, to check past the API what the store did (TTLs, raw values,
+    command counts) and to play another process (corrupt values, paused or killed clients)."""
+    arguments = settings.redis.connect_arguments()
+    async with aioredis.Redis(**arguments, protocol=3, decode_responses=True) as client:
+        yield client
 
 
 def token() -> str:
     """A fresh valid address, so tests never share keys."""
     return str(Keypair().pubkey())
-
-
-async def wait_until(condition: Callable[[], bool], timeout_s: float, interval_s: float) -> bool:
-    """Poll a condition another connection or task makes true; False if it never did in time."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() >= deadline:
-            return False
-        await asyncio.sleep(interval_s)
-    return True
 
 
 async def command_calls(client: aioredis.Redis, command: str) -> int:

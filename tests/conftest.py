@@ -1,7 +1,9 @@
 """Every test talks to real servers: a test stack of its own, started here when it is down.
 
 The test stack lives in ``.tradestore/test-stack`` (or ``TRADESTORE_TEST_DATA_DIR``) on ports
-from ``TRADESTORE_TEST_PORT_BASE`` (default 45400), so it never touches the development stack.
+from ``TRADESTORE_TEST_PORT_BASE`` (default 24400, below the kernel's ephemeral port range), so
+it never touches the development stack. Every store's schema is applied once per session, as
+``tradestore init`` does: stores open as the application role and never migrate by themselves.
 A server that cannot start fails the session; nothing is skipped.
 """
 
@@ -15,23 +17,33 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
+from tradestore.cache import apply_schema as apply_redis_schema
+from tradestore.relational import apply_schema as apply_postgres_schema
 from tradestore.settings import Settings
 from tradestore.stack import LocalStack
+from tradestore.timeseries import apply_schema as apply_questdb_schema
+
+pytest_plugins = ("tests.support", "tests.cache_support")
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_PORT_BASE = 45400
+DEFAULT_PORT_BASE = 24400
 
 
-def stack_overrides(data_dir: Path, port_base: int) -> dict[str, Any]:
-    """Settings for a stack in data_dir on five consecutive ports after port_base."""
+def port_base() -> int:
+    """The first of the ports this session may use (the stack takes the next five)."""
+    return int(os.environ.get("TRADESTORE_TEST_PORT_BASE", DEFAULT_PORT_BASE))
+
+
+def stack_overrides(data_dir: Path, base: int) -> dict[str, Any]:
+    """Settings for a stack in data_dir on five consecutive ports after base."""
     return {
         "data_dir": data_dir,
-        "postgres": {"port": port_base + 1},
-        "redis": {"port": port_base + 2},
+        "postgres": {"port": base + 1},
+        "redis": {"port": base + 2},
         "questdb": {
-            "http_port": port_base + 3,
-            "pg_port": port_base + 4,
-            "min_http_port": port_base + 5,
+            "http_port": base + 3,
+            "pg_port": base + 4,
+            "min_http_port": base + 5,
             "heap_mb": 512,
         },
     }
@@ -40,16 +52,18 @@ def stack_overrides(data_dir: Path, port_base: int) -> dict[str, Any]:
 @pytest.fixture(scope="session")
 def test_stack_overrides() -> dict[str, Any]:
     data_dir = Path(os.environ.get("TRADESTORE_TEST_DATA_DIR", REPO / ".tradestore" / "test-stack"))
-    port_base = int(os.environ.get("TRADESTORE_TEST_PORT_BASE", DEFAULT_PORT_BASE))
-    return stack_overrides(data_dir, port_base)
+    return stack_overrides(data_dir, port_base())
 
 
 @pytest_asyncio.fixture(scope="session")
 async def stack(test_stack_overrides: dict[str, Any]) -> AsyncIterator[LocalStack]:
-    """The running test stack; stopped at the end only if this session started it."""
+    """The running test stack with every schema applied; stopped at the end only if this
+    session started it."""
     local = LocalStack(Settings(**test_stack_overrides))
     was_running = all(server.running_pid() is not None for server in local.servers)
     await local.up()
+    for apply_schema in (apply_postgres_schema, apply_questdb_schema, apply_redis_schema):
+        await apply_schema(local.settings)
     yield local
     if not was_running:
         await local.down()

@@ -5,23 +5,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
 from decimal import Decimal
 
 import pytest
 import redis.asyncio as aioredis
 
 from tests.cache_support import command_calls, token
-from tradestore.cache import CacheConfig, PriceCache, open_client
+from tradestore.cache import CacheStore
 from tradestore.errors import InvalidInputError
 from tradestore.models.cache import PoolState
 from tradestore.settings import Settings
-
-
-@pytest.fixture
-async def client(settings: Settings) -> AsyncIterator[aioredis.Redis]:
-    async with open_client(settings) as redis_client:
-        yield redis_client
 
 
 @pytest.mark.parametrize(
@@ -36,88 +29,92 @@ async def client(settings: Settings) -> AsyncIterator[aioredis.Redis]:
     ],
 )
 async def test_decimal_prices_round_trip_exactly(
-    client: aioredis.Redis, price: str, stored: str
+    cache: CacheStore, redis_client: aioredis.Redis, price: str, stored: str
 ) -> None:
-    cache = PriceCache(client)
     mint = token()
-    await cache.set_price(mint, Decimal(price))
-    assert await client.get(f"price:{mint}") == stored
-    read = await cache.get_price(mint)
+    await cache.prices.set_price(mint, Decimal(price))
+    assert await redis_client.get(f"price:{mint}") == stored
+    read = await cache.prices.get_price(mint)
     assert read == Decimal(price)
     assert read is not None
     assert read.as_tuple() == Decimal(stored).as_tuple()
 
 
-async def test_price_expires_after_two_seconds_and_not_before(client: aioredis.Redis) -> None:
-    cache = PriceCache(client)
+async def test_price_expires_after_two_seconds_and_not_before(
+    cache: CacheStore, redis_client: aioredis.Redis
+) -> None:
+    prices = cache.prices
     mint = token()
     before_set = time.monotonic()
-    await cache.set_price(mint, Decimal("42.5"))
+    await prices.set_price(mint, Decimal("42.5"))
     after_set = time.monotonic()
-    ttl_ms = await client.pttl(f"price:{mint}")
+    ttl_ms = await redis_client.pttl(f"price:{mint}")
     assert 1_800 < ttl_ms <= 2_000
     # Set after before_set, so it expires no sooner than before_set + 2 s.
     await asyncio.sleep(before_set + 1.8 - time.monotonic())
-    price = await cache.get_price(mint)
+    price = await prices.get_price(mint)
     answered = time.monotonic() - before_set
     assert answered < 2.0, f"the machine stalled: answered at {answered:.3f} s, nothing proven"
     assert price == Decimal("42.5")
     await asyncio.sleep(after_set + 2.2 - time.monotonic())
-    assert await cache.get_price(mint) is None
+    assert await prices.get_price(mint) is None
 
 
-async def test_ttl_is_configurable_in_milliseconds(client: aioredis.Redis) -> None:
-    cache = PriceCache(client, CacheConfig(price_ttl_ms=250, pool_ttl_ms=350))
-    mint = token()
-    await cache.set_price(mint, Decimal("1"))
-    assert 0 < await client.pttl(f"price:{mint}") <= 250
-    await asyncio.sleep(0.4)
-    assert await cache.get_price(mint) is None
+async def test_ttl_is_configurable_in_milliseconds(
+    settings: Settings, redis_client: aioredis.Redis
+) -> None:
+    short = settings.with_changes(redis={"price_ttl_ms": 250, "pool_ttl_ms": 350})
+    async with CacheStore.open(short) as cache:
+        mint = token()
+        await cache.prices.set_price(mint, Decimal("1"))
+        assert 0 < await redis_client.pttl(f"price:{mint}") <= 250
+        await asyncio.sleep(0.4)
+        assert await cache.prices.get_price(mint) is None
 
 
-async def test_a_miss_is_none(client: aioredis.Redis) -> None:
-    cache = PriceCache(client)
-    assert await cache.get_price(token()) is None
-    assert await cache.get_pool(token()) is None
+async def test_a_miss_is_none(cache: CacheStore) -> None:
+    assert await cache.prices.get_price(token()) is None
+    assert await cache.prices.get_pool(token()) is None
 
 
-async def test_batches_take_one_round_trip_and_report_misses(client: aioredis.Redis) -> None:
-    cache = PriceCache(client)
+async def test_batches_take_one_round_trip_and_report_misses(
+    cache: CacheStore, redis_client: aioredis.Redis
+) -> None:
     prices = {token(): Decimal(f"{index}.25") for index in range(1, 51)}
     absent = token()
-    await cache.set_prices(prices)
-    mgets, gets = await command_calls(client, "mget"), await command_calls(client, "get")
-    read = await cache.get_prices([*prices, absent])
-    assert await command_calls(client, "mget") == mgets + 1
-    assert await command_calls(client, "get") == gets
+    await cache.prices.set_prices(prices)
+    mgets = await command_calls(redis_client, "mget")
+    gets = await command_calls(redis_client, "get")
+    read = await cache.prices.get_prices([*prices, absent])
+    assert await command_calls(redis_client, "mget") == mgets + 1
+    assert await command_calls(redis_client, "get") == gets
     assert read == {**prices, absent: None}
 
 
-async def test_bad_input_is_refused_and_nothing_is_written(client: aioredis.Redis) -> None:
-    cache = PriceCache(client)
+async def test_bad_input_is_refused_and_nothing_is_written(cache: CacheStore) -> None:
+    prices = cache.prices
     good = token()
     with pytest.raises(InvalidInputError):
-        await cache.set_prices({good: Decimal("1.5"), token(): Decimal("-1")})
+        await prices.set_prices({good: Decimal("1.5"), token(): Decimal("-1")})
     with pytest.raises(InvalidInputError):
-        await cache.set_prices({good: Decimal("1.5"), token(): Decimal("NaN")})
+        await prices.set_prices({good: Decimal("1.5"), token(): Decimal("NaN")})
     with pytest.raises(InvalidInputError):
-        await cache.set_price("not-a-mint", Decimal("1"))
+        await prices.set_price("not-a-mint", Decimal("1"))
     with pytest.raises(InvalidInputError):
-        await cache.get_price("not-a-mint")
-    assert await cache.get_price(good) is None
+        await prices.get_price("not-a-mint")
+    assert await prices.get_price(good) is None
 
 
 async def test_a_corrupt_value_is_a_logged_miss(
-    client: aioredis.Redis, caplog: pytest.LogCaptureFixture
+    cache: CacheStore, redis_client: aioredis.Redis, caplog: pytest.LogCaptureFixture
 ) -> None:
-    cache = PriceCache(client)
     mint = token()
     other = token()
-    await client.set(f"price:{mint}", "not a number", px=2_000)
-    await client.set(f"price:{other}", b"\xff1.5", px=2_000)  # not even UTF-8
+    await redis_client.set(f"price:{mint}", "not a number", px=2_000)
+    await redis_client.set(f"price:{other}", b"\xff1.5", px=2_000)  # not even UTF-8
     with caplog.at_level(logging.WARNING):
-        assert await cache.get_price(mint) is None
-        assert await cache.get_prices([other]) == {other: None}
+        assert await cache.prices.get_price(mint) is None
+        assert await cache.prices.get_prices([other]) == {other: None}
     assert f"price:{mint}" in caplog.text
     assert f"price:{other}" in caplog.text
 
@@ -135,13 +132,16 @@ def pool_state(reserve: str) -> PoolState:
     )
 
 
-async def test_pool_state_round_trips_as_json_with_its_ttl(client: aioredis.Redis) -> None:
-    cache = PriceCache(client, CacheConfig(pool_ttl_ms=300))
-    states = [pool_state("1.000000000000000001"), pool_state("5")]
-    await cache.set_pools(states)
-    assert 0 < await client.pttl(f"pool:{states[0].address}") <= 300
-    read = await cache.get_pools([state.address for state in states])
-    assert read == {state.address: state for state in states}
-    assert await cache.get_pool(states[0].address) == states[0]
-    await asyncio.sleep(0.4)
-    assert await cache.get_pool(states[0].address) is None
+async def test_pool_state_round_trips_as_json_with_its_ttl(
+    settings: Settings, redis_client: aioredis.Redis
+) -> None:
+    async with CacheStore.open(settings.with_changes(redis={"pool_ttl_ms": 300})) as cache:
+        prices = cache.prices
+        states = [pool_state("1.000000000000000001"), pool_state("5")]
+        await prices.set_pools(states)
+        assert 0 < await redis_client.pttl(f"pool:{states[0].address}") <= 300
+        read = await prices.get_pools([state.address for state in states])
+        assert read == {state.address: state for state in states}
+        assert await prices.get_pool(states[0].address) == states[0]
+        await asyncio.sleep(0.4)
+        assert await prices.get_pool(states[0].address) is None

@@ -7,46 +7,39 @@ import itertools
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
 
-from tradestore.cache import CoalescingPublisher, Message, open_client, subscribe
-from tradestore.settings import Settings
+from tests.support import wait_for
+from tradestore.cache import CacheStore, Message
+from tradestore.errors import WriterClosedError
 
 RUN_S = 3.0
 
 
-@pytest.fixture
-async def client(settings: Settings) -> AsyncIterator[aioredis.Redis]:
-    async with open_client(settings) as redis_client:
-        yield redis_client
-
-
 async def collect(
-    client: aioredis.Redis, channels: list[str], into: list[tuple[float, Message]]
+    cache: CacheStore, channels: list[str], into: list[tuple[float, Message]]
 ) -> None:
-    async for message in subscribe(client, *channels):
+    async for message in cache.subscribe(*channels):
         into.append((time.monotonic(), message))
 
 
-async def wait_subscribed(client: aioredis.Redis, channels: list[str]) -> None:
-    for _ in range(200):
-        counts = dict(await client.pubsub_numsub(*channels))
-        if all(counts.get(channel) for channel in channels):
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("the subscriber never subscribed")
+async def subscribed(client: aioredis.Redis, channels: list[str]) -> bool:
+    counts = dict(await client.pubsub_numsub(*channels))
+    return all(counts.get(channel) for channel in channels)
 
 
-async def test_ten_hz_under_one_khz_input_latest_value_wins(client: aioredis.Redis) -> None:
+async def test_ten_hz_under_one_khz_input_latest_value_wins(
+    cache: CacheStore, redis_client: aioredis.Redis
+) -> None:
     channels = [f"ui:test-{uuid.uuid4().hex}" for _ in range(2)]
     received: list[tuple[float, Message]] = []
-    listener = asyncio.create_task(collect(client, channels, received))
-    await wait_subscribed(client, channels)
+    listener = asyncio.create_task(collect(cache, channels, received))
+    is_subscribed = await wait_for(lambda: subscribed(redis_client, channels), True, 2.0)
+    assert is_subscribed, "the subscriber never subscribed"
     offered = 0
-    async with CoalescingPublisher(client) as publisher:
+    async with cache.publisher() as publisher:
         start = time.monotonic()
         next_offer = start
         while (now := time.monotonic()) < start + RUN_S:
@@ -74,6 +67,6 @@ async def test_ten_hz_under_one_khz_input_latest_value_wins(client: aioredis.Red
         assert sequence == sorted(sequence)
 
 
-def test_offering_outside_the_context_is_refused(client: aioredis.Redis) -> None:
-    with pytest.raises(RuntimeError):
-        CoalescingPublisher(client).offer("ui:x", "1")
+def test_offering_outside_the_context_is_refused(cache: CacheStore) -> None:
+    with pytest.raises(WriterClosedError):
+        cache.publisher().offer("ui:x", "1")

@@ -8,17 +8,9 @@ import uuid
 from collections import Counter
 from decimal import Decimal
 
-from tests.cache_support import token, wait_until
-from tradestore.cache import (
-    CoalescingPublisher,
-    EventStream,
-    Message,
-    NearCache,
-    PriceCache,
-    StreamConsumer,
-    open_client,
-    subscribe,
-)
+from tests.cache_support import token
+from tests.support import wait_until
+from tradestore.cache import CacheStore, Message
 from tradestore.errors import StoreUnavailableError
 from tradestore.models.cache import Event
 from tradestore.stack import LocalStack
@@ -37,10 +29,10 @@ async def test_redis_restart_mid_load_gives_typed_errors_then_recovers(stack: Lo
     consumed: list[str] = []
     stop = asyncio.Event()
 
-    async with open_client(settings) as client, NearCache(settings) as near:
-        prices = PriceCache(client)
-        stream = EventStream(client, stream_name)
-        consumer = StreamConsumer(client, stream_name, "workers", "survivor")
+    async with CacheStore.open(settings, near_cache=True) as cache:
+        prices, near = cache.prices, cache.near
+        stream = cache.stream(stream_name)
+        consumer = cache.consumer(stream_name, "workers", "survivor")
         await consumer.ensure_group()
 
         async def load() -> None:
@@ -69,10 +61,10 @@ async def test_redis_restart_mid_load_gives_typed_errors_then_recovers(stack: Lo
                     await asyncio.sleep(0.05)
 
         async def listen() -> None:
-            async for message in subscribe(client, channel):
+            async for message in cache.subscribe(channel):
                 received.append((time.monotonic(), message))
 
-        async with CoalescingPublisher(client) as publisher:
+        async with cache.publisher() as publisher:
 
             async def offer() -> None:
                 while not stop.is_set():

@@ -2,35 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
-import os
-import subprocess
-import sys
+import uuid
 from pathlib import Path
 
+import redis.asyncio as aioredis
+
+from tests.support import APP_TABLES, cli_env, postgres, scratch_database, tradestore
+from tests.timeseries_support import fetch
+from tradestore.relational.migrate import MIGRATIONS_DIR
 from tradestore.settings import Settings
 from tradestore.stack import LocalStack
-
-TRADESTORE = str(Path(sys.executable).with_name("tradestore"))
-
-
-def cli_env(settings: Settings) -> dict[str, str]:
-    """Point the CLI at a stack through the environment, as a user would."""
-    return os.environ | {
-        "TRADESTORE_DATA_DIR": str(settings.data_dir),
-        "TRADESTORE_POSTGRES__PORT": str(settings.postgres.port),
-        "TRADESTORE_REDIS__PORT": str(settings.redis.port),
-        "TRADESTORE_QUESTDB__HTTP_PORT": str(settings.questdb.http_port),
-        "TRADESTORE_QUESTDB__PG_PORT": str(settings.questdb.pg_port),
-        "TRADESTORE_QUESTDB__MIN_HTTP_PORT": str(settings.questdb.min_http_port),
-        "COLUMNS": "200",
-    }
-
-
-def tradestore(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [TRADESTORE, *args], capture_output=True, text=True, env=env, timeout=120, check=False
-    )
+from tradestore.timeseries.schema import LEDGER, STEPS, TABLES
 
 
 def secrets_of(settings: Settings) -> list[str]:
@@ -75,10 +59,44 @@ def test_up_is_idempotent_and_prints_no_secret(stack: LocalStack) -> None:
         assert secret not in result.stdout + result.stderr
 
 
-def test_init_applies_every_store_schema(stack: LocalStack) -> None:
-    result = tradestore("init", "--json", env=cli_env(stack.settings))
-    assert result.returncode == 0, result.stderr
-    assert set(json.loads(result.stdout)) == {"postgresql", "questdb", "redis"}
+async def test_init_applies_every_store_schema_and_writes_no_credentials(
+    tmp_path: Path, stack: LocalStack, redis_client: aioredis.Redis
+) -> None:
+    """Pointed at another deployment (passwords in its environment, an empty data directory, a
+    new database, new streams), init makes every store's schema there and invents nothing."""
+    settings = stack.settings
+    stream = f"stream:init-{uuid.uuid4().hex}"
+    async with scratch_database(settings) as deployment:
+        env = cli_env(deployment) | {
+            "TRADESTORE_DATA_DIR": str(tmp_path),
+            "TRADESTORE_POSTGRES__OWNER_PASSWORD": settings.postgres.credentials("owner")[1],
+            "TRADESTORE_REDIS__PASSWORD": settings.redis.secret(),
+            "TRADESTORE_QUESTDB__PASSWORD": settings.questdb.secret(),
+            "TRADESTORE_REDIS__CONSUMER_GROUPS": json.dumps({stream: ["traders", "tui"]}),
+        }
+        result = await asyncio.to_thread(tradestore, "init", "--json", env=env)
+        assert result.returncode == 0, result.stderr
+        applied = json.loads(result.stdout)
+        async with postgres(deployment, "owner") as owner:
+            rows = await owner.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+    try:
+        groups = await redis_client.xinfo_groups(stream)
+    finally:
+        await redis_client.delete(stream)
+    assert set(applied) == {"postgresql", "questdb", "redis"}
+    assert applied["postgresql"] == sorted(path.stem for path in MIGRATIONS_DIR.glob("*.sql"))
+    assert set(APP_TABLES) <= {row["tablename"] for row in rows}
+    # QuestDB has no databases: its tables are the stack's, made by this session's schema.
+    assert applied["questdb"] == []
+    tables = await fetch(settings, "SELECT table_name FROM tables()")
+    assert {table.name for table in TABLES} <= {row["table_name"] for row in tables}
+    versions = await fetch(settings, f"SELECT version FROM {LEDGER} ORDER BY version")  # noqa: S608
+    assert [row["version"] for row in versions] == [step.version for step in STEPS]
+    assert applied["redis"] == [f"group traders on {stream}", f"group tui on {stream}"]
+    assert sorted(group["name"] for group in groups) == ["traders", "tui"]
+    assert not (tmp_path / "credentials.json").exists(), "init must not write passwords"
+    for secret in secrets_of(settings):
+        assert secret not in result.stdout + result.stderr
 
 
 def test_status_of_a_stack_that_is_not_running_exits_3(tmp_path: Path, stack: LocalStack) -> None:

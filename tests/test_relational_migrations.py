@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import secrets
-import socket
+import shutil
 import sys
 import textwrap
 from collections import Counter
@@ -16,10 +14,19 @@ from pathlib import Path
 import asyncpg
 import pytest
 import pytest_asyncio
+from solders.pubkey import Pubkey
 
+from tests.support import (
+    APP_TABLES,
+    TRADESTORE,
+    cli_env,
+    closed_port,
+    postgres,
+    scratch_database,
+)
 from tradestore.errors import MigrationError, StoreUnavailableError
+from tradestore.models import TokenInfo
 from tradestore.relational import (
-    Database,
     RelationalStore,
     apply_migrations,
     apply_schema,
@@ -28,49 +35,12 @@ from tradestore.relational import (
 from tradestore.relational.migrate import BOOKKEEPING_TABLES, MIGRATIONS_DIR
 from tradestore.settings import Settings
 
-TRADESTORE_CLI = Path(sys.executable).parent / "tradestore"
-APP_TABLES = ("tokens", "trader_config", "order_rules", "node_health")
-
-
-async def _superuser(settings: Settings, database: str = "postgres") -> asyncpg.Connection:
-    user, password = settings.postgres.credentials("superuser")
-    return await asyncpg.connect(
-        host=settings.postgres.host,
-        port=settings.postgres.port,
-        user=user,
-        password=password,
-        database=database,
-    )
-
-
-async def _as(settings: Settings, role: str) -> asyncpg.Connection:
-    user, password = settings.postgres.credentials("app" if role == "app" else "owner")
-    return await asyncpg.connect(
-        host=settings.postgres.host,
-        port=settings.postgres.port,
-        user=user,
-        password=password,
-        database=settings.postgres.database,
-    )
-
 
 @pytest_asyncio.fixture
 async def fresh_db(settings: Settings) -> AsyncIterator[Settings]:
     """An empty database owned by the owner role, dropped afterwards."""
-    name = f"tradestore_mig_{secrets.token_hex(4)}"
-    admin = await _superuser(settings)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}" OWNER "{settings.postgres.owner_user}"')
-    finally:
-        await admin.close()
-    yield settings.model_copy(
-        update={"postgres": settings.postgres.model_copy(update={"database": name})}
-    )
-    admin = await _superuser(settings)
-    try:
-        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    async with scratch_database(settings) as scratch:
+        yield scratch
 
 
 def _write_migrations(directory: Path, count: int) -> list[str]:
@@ -89,12 +59,9 @@ def _write_migrations(directory: Path, count: int) -> list[str]:
 
 
 async def _ledger(settings: Settings) -> Counter[str]:
-    owner = await _as(settings, "owner")
-    try:
+    async with postgres(settings, "owner") as owner:
         rows = await owner.fetch("SELECT migration_id FROM _yoyo_migration")
         applies = await owner.fetch("SELECT migration_id FROM _yoyo_log WHERE operation = 'apply'")
-    finally:
-        await owner.close()
     assert sorted(row[0] for row in rows) == sorted({row[0] for row in rows})
     return Counter(row[0] for row in applies)
 
@@ -110,16 +77,13 @@ async def test_packaged_migrations_apply_in_order_and_then_are_up_to_date(
     states = migration_status(fresh_db)
     assert [(state.id, state.state) for state in states] == [(name, "applied") for name in files]
     assert all(state.applied_at is not None for state in states)
-    owner = await _as(fresh_db, "owner")
-    try:
+    async with postgres(fresh_db, "owner") as owner:
         tables = {
             row[0]
             for row in await owner.fetch(
                 "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
             )
         }
-    finally:
-        await owner.close()
     assert set(APP_TABLES) <= tables
 
 
@@ -128,11 +92,8 @@ def _states(settings: Settings, source: Path) -> dict[str, str]:
 
 
 async def _table_exists(settings: Settings, name: str) -> bool:
-    owner = await _as(settings, "owner")
-    try:
+    async with postgres(settings, "owner") as owner:
         return bool(await owner.fetchval("SELECT to_regclass($1) IS NOT NULL", name))
-    finally:
-        await owner.close()
 
 
 async def test_changed_applied_migration_is_refused(fresh_db: Settings, tmp_path: Path) -> None:
@@ -164,38 +125,42 @@ async def test_failing_migration_is_a_typed_error_and_leaves_nothing_half_applie
     assert not await _table_exists(fresh_db, "half")
 
 
+async def _app_backends(settings: Settings) -> list[int]:
+    """The app role's connections to the settings' database, the one used last first."""
+    async with postgres(settings, "superuser") as admin:
+        rows = await admin.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND usename = $2"
+            " ORDER BY query_start DESC NULLS LAST",
+            settings.postgres.database,
+            settings.postgres.app_user,
+        )
+    return [row["pid"] for row in rows]
+
+
 async def test_store_migrate_replaces_pooled_connections(
     fresh_db: Settings, tmp_path: Path
 ) -> None:
+    """The store's own pool (the app role, alone on this database) moves to new connections."""
     source = tmp_path / "sql"
-    _write_migrations(source, 1)
-    store = RelationalStore(fresh_db, await Database.connect(fresh_db, "owner"))
-    try:
-        assert await store.migrate(source) == ["0001_step"]
-        query = "SELECT *, pg_backend_pid() AS pid FROM step_1"
-        await asyncio.gather(*(store.database.fetch(query) for _ in range(10)))  # cache it
-        before = await store.database.fetchval(
-            "SELECT array_agg(pid) FROM pg_stat_activity"
-            " WHERE datname = current_database() AND application_name = 'tradestore'"
+    source.mkdir()
+    packaged = sorted(path.stem for path in MIGRATIONS_DIR.glob("*.sql"))
+    for path in MIGRATIONS_DIR.glob("*.sql"):
+        shutil.copy(path, source)
+    async with RelationalStore.open(fresh_db) as store:
+        assert await store.migrate(source) == packaged
+        token = await store.tokens.upsert(
+            TokenInfo(address=str(Pubkey.new_unique()), symbol="MIG", decimals=6)
         )
+        # Prepared on several pooled connections.
+        await asyncio.gather(*(store.tokens.get(token.address) for _ in range(10)))
+        before = await _app_backends(fresh_db)
         assert len(before) >= fresh_db.postgres.pool_min_size
-        (source / "0002_step.sql").write_text("ALTER TABLE step_1 ADD COLUMN note TEXT;\n")
-        assert await store.migrate(source) == ["0002_step"]
-        rows = await store.database.fetch(query)
-        assert rows[0]["note"] is None
-        assert rows[0]["pid"] not in before
+        (source / "9001_note.sql").write_text("ALTER TABLE tokens ADD COLUMN note TEXT;\n")
+        assert await store.migrate(source) == ["9001_note"]
+        assert await store.tokens.get(token.address) == token
+        last_used = (await _app_backends(fresh_db))[0]
+        assert last_used not in before
         assert await store.migrate(source) == []
-    finally:
-        await store.close()
-
-
-def _child_env(settings: Settings) -> dict[str, str]:
-    """Children find the stack's passwords in its data dir, as any tradestore process does."""
-    return os.environ | {
-        "TRADESTORE_DATA_DIR": str(settings.data_dir),
-        "TRADESTORE_POSTGRES__PORT": str(settings.postgres.port),
-        "TRADESTORE_POSTGRES__DATABASE": settings.postgres.database,
-    }
 
 
 async def _run_together(*argvs: list[str], env: dict[str, str]) -> list[bytes]:
@@ -225,31 +190,31 @@ async def test_two_processes_apply_each_migration_once(fresh_db: Settings, tmp_p
         """
     )
     argv = [sys.executable, "-c", script, str(source)]
-    outputs = await _run_together(argv, argv, env=_child_env(fresh_db))
+    outputs = await _run_together(argv, argv, env=cli_env(fresh_db))
     applied = [json.loads(output) for output in outputs]
     assert sorted(applied[0] + applied[1]) == ids
     assert await _ledger(fresh_db) == Counter(dict.fromkeys(ids, 1))
 
 
 async def test_two_cli_processes_at_once_apply_each_migration_once(fresh_db: Settings) -> None:
-    env = _child_env(fresh_db)
-    argv = [str(TRADESTORE_CLI), "migrate", "apply", "--json"]
+    env = cli_env(fresh_db)
+    argv = [TRADESTORE, "migrate", "apply", "--json"]
     outputs = await _run_together(argv, argv, env=env)
     applied = [json.loads(output)["applied"] for output in outputs]
     files = sorted(path.stem for path in MIGRATIONS_DIR.glob("*.sql"))
     assert sorted(applied[0] + applied[1]) == files
     assert await _ledger(fresh_db) == Counter(dict.fromkeys(files, 1))
-    [status] = await _run_together([str(TRADESTORE_CLI), "migrate", "status", "--json"], env=env)
+    [status] = await _run_together([TRADESTORE, "migrate", "status", "--json"], env=env)
     assert [entry["state"] for entry in json.loads(status)] == ["applied"] * len(files)
 
 
 async def test_cli_status_exits_3_while_migrations_are_pending(fresh_db: Settings) -> None:
     process = await asyncio.create_subprocess_exec(
-        str(TRADESTORE_CLI),
+        TRADESTORE,
         "migrate",
         "status",
         "--json",
-        env=_child_env(fresh_db),
+        env=cli_env(fresh_db),
         stdout=asyncio.subprocess.PIPE,
     )
     stdout, _ = await process.communicate()
@@ -258,26 +223,15 @@ async def test_cli_status_exits_3_while_migrations_are_pending(fresh_db: Setting
 
 
 def test_unreachable_server_is_a_typed_error(settings: Settings) -> None:
-    port = _free_port()
-    elsewhere = settings.model_copy(
-        update={"postgres": settings.postgres.model_copy(update={"port": port})}
-    )
+    elsewhere = settings.with_changes(postgres={"port": closed_port()})
     with pytest.raises(StoreUnavailableError):
         apply_migrations(elsewhere)
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 async def test_app_role_cannot_drop_or_alter_tables_nor_see_bookkeeping(
     settings: Settings,
 ) -> None:
-    await apply_schema(settings)
-    app = await _as(settings, "app")
-    try:
+    async with postgres(settings, "app") as app:
         for table in APP_TABLES:
             with pytest.raises(asyncpg.InsufficientPrivilegeError):
                 await app.execute(f"DROP TABLE {table}")
@@ -289,5 +243,3 @@ async def test_app_role_cannot_drop_or_alter_tables_nor_see_bookkeeping(
         for table in BOOKKEEPING_TABLES:
             with pytest.raises(asyncpg.InsufficientPrivilegeError):
                 await app.fetchval(f'SELECT count(*) FROM "{table}"')  # noqa: S608
-    finally:
-        await app.close()

@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-import socket
 from collections import Counter
-from collections.abc import AsyncIterator
 
 import pytest
 import pytest_asyncio
 from solders.pubkey import Pubkey
 
+from tests.support import closed_port, postgres
 from tradestore.errors import StoreUnavailableError
 from tradestore.models import TokenInfo
-from tradestore.relational import Database, RelationalStore
-from tradestore.relational.pool import pool_options
+from tradestore.relational import RelationalStore
+from tradestore.relational.pool import Database, pool_options
 from tradestore.settings import Settings
 from tradestore.stack import LocalStack
 
@@ -23,15 +22,9 @@ CALLERS = 50
 
 
 @pytest_asyncio.fixture(scope="module")
-async def store(settings: Settings) -> AsyncIterator[RelationalStore]:
-    async with await RelationalStore.open(settings) as opened:
-        yield opened
-
-
-@pytest_asyncio.fixture(scope="module")
-async def tokens(store: RelationalStore) -> list[TokenInfo]:
+async def tokens(relational: RelationalStore) -> list[TokenInfo]:
     return [
-        await store.tokens.upsert(
+        await relational.tokens.upsert(
             TokenInfo(
                 address=str(Pubkey(secrets.token_bytes(32))),
                 symbol=f"POOL{number}",
@@ -43,24 +36,31 @@ async def tokens(store: RelationalStore) -> list[TokenInfo]:
     ]
 
 
-async def test_pool_takes_its_limits_from_settings(store: RelationalStore) -> None:
-    assert pool_options(store.settings.postgres) == {
+async def test_pool_takes_its_limits_from_settings(relational: RelationalStore) -> None:
+    settings = relational.settings
+    assert pool_options(settings.postgres) == {
         "min_size": 5,
         "max_size": 20,
-        "timeout": 3.0,
         "max_inactive_connection_lifetime": 600.0,
     }
-    pool = store.database.pool
-    assert (pool.get_min_size(), pool.get_max_size()) == (5, 20)
-    assert pool.get_size() >= 5
-    assert await store.database.fetchval("SELECT current_user") == store.settings.postgres.app_user
+    assert settings.postgres.connect_arguments()["timeout"] == 3.0
+    stats = relational.pool_stats()
+    assert stats.max == 20
+    assert stats.size >= 5
+    # Every connection of the module's store (the only pool open on the database) is the app's.
+    async with postgres(settings, "superuser") as admin:
+        users = await admin.fetch(
+            "SELECT usename FROM pg_stat_activity WHERE datname = current_database()"
+            " AND application_name = 'tradestore' AND pid <> pg_backend_pid()"
+        )
+    assert len(users) >= stats.size
+    assert {row["usename"] for row in users} == {settings.postgres.app_user}
 
 
 async def test_idle_connections_are_recycled_after_the_idle_timeout(settings: Settings) -> None:
-    quick = settings.model_copy(
-        update={"postgres": settings.postgres.model_copy(update={"idle_timeout_s": 0.3})}
-    )
-    database = await Database.connect(quick)
+    quick = settings.with_changes(postgres={"idle_timeout_s": 0.3})
+    database = Database(quick)
+    await database.open()
 
     async def backends() -> set[int]:
         """Use every connection the pool may hold, so each is idle afterwards."""
@@ -70,7 +70,7 @@ async def test_idle_connections_are_recycled_after_the_idle_timeout(settings: Se
     try:
         before = await backends()
         await asyncio.sleep(1.5)
-        size_after = database.pool.get_size()
+        size_after = database.stats().size
         survivors = await database.fetchval(
             "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1)", list(before)
         )
@@ -84,15 +84,15 @@ async def test_idle_connections_are_recycled_after_the_idle_timeout(settings: Se
 
 
 async def test_fifty_concurrent_lookups_all_succeed(
-    store: RelationalStore, tokens: list[TokenInfo]
+    relational: RelationalStore, tokens: list[TokenInfo]
 ) -> None:
-    found = await asyncio.gather(*(store.tokens.get(token.address) for token in tokens))
+    found = await asyncio.gather(*(relational.tokens.get(token.address) for token in tokens))
     assert found == tokens
-    assert store.database.pool.get_size() <= store.settings.postgres.pool_max_size
+    assert relational.pool_stats().size <= relational.settings.postgres.pool_max_size
 
 
 async def test_pool_survives_a_postgresql_restart_mid_load(
-    stack: LocalStack, store: RelationalStore, tokens: list[TokenInfo]
+    stack: LocalStack, relational: RelationalStore, tokens: list[TokenInfo]
 ) -> None:
     outcomes: Counter[str] = Counter()
     unexpected: list[BaseException] = []
@@ -101,7 +101,7 @@ async def test_pool_survives_a_postgresql_restart_mid_load(
     async def caller(token: TokenInfo) -> None:
         while not stop.is_set():
             try:
-                assert await store.tokens.get(token.address) == token
+                assert await relational.tokens.get(token.address) == token
                 outcomes["ok"] += 1
             except StoreUnavailableError:
                 outcomes["unavailable"] += 1
@@ -130,22 +130,16 @@ async def test_pool_survives_a_postgresql_restart_mid_load(
     assert outcomes["ok"] > back["ok"], "callers were served again without any reset"
     assert outcomes["unavailable"] == back["unavailable"], "no failure once the server is back"
     # Recovered by itself: no reset, every caller served again at once.
-    again = await asyncio.gather(*(store.tokens.get(token.address) for token in tokens))
+    again = await asyncio.gather(*(relational.tokens.get(token.address) for token in tokens))
     assert again == tokens
-    assert store.database.pool.get_size() <= store.settings.postgres.pool_max_size
+    assert relational.pool_stats().size <= relational.settings.postgres.pool_max_size
 
 
 async def test_opening_a_pool_on_a_stopped_server_is_a_typed_error(settings: Settings) -> None:
-    elsewhere = settings.model_copy(
-        update={"postgres": settings.postgres.model_copy(update={"port": _closed_port()})}
-    )
+    elsewhere = settings.with_changes(postgres={"port": closed_port()})
     with pytest.raises(StoreUnavailableError):
-        await RelationalStore.open(elsewhere, migrate=False)
+        async with RelationalStore.open(elsewhere):
+            pass
     with pytest.raises(StoreUnavailableError):
-        await RelationalStore.open(elsewhere)
-
-
-def _closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+        async with RelationalStore.open(elsewhere, migrate=True):
+            pass

@@ -6,19 +6,19 @@ import asyncio
 import random
 import secrets
 from collections import Counter
-from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from uuid import UUID, uuid4
 
 import asyncpg
 import pytest
-import pytest_asyncio
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from solders.pubkey import Pubkey
 
+from tests.support import postgres
 from tradestore.errors import AmbiguousSymbolError, InvalidInputError, NotFoundError
 from tradestore.models import NodeHealth, OrderRule, TokenInfo, TraderConfig
 from tradestore.models.base import CircuitState, RuleType, TradingMode
@@ -26,12 +26,6 @@ from tradestore.relational import RelationalStore
 from tradestore.settings import Settings
 
 LAMPORT = Decimal("0.000000001")
-
-
-@pytest_asyncio.fixture(scope="module")
-async def store(settings: Settings) -> AsyncIterator[RelationalStore]:
-    async with await RelationalStore.open(settings) as opened:
-        yield opened
 
 
 def _mint() -> str:
@@ -57,55 +51,57 @@ def _trader(**fields: object) -> TraderConfig:
 # --- tokens ---------------------------------------------------------------------------------
 
 
-async def test_token_by_address_is_exact_and_upsert_replaces(store: RelationalStore) -> None:
+async def test_token_by_address_is_exact_and_upsert_replaces(relational: RelationalStore) -> None:
     token = _token(name="Test", has_transfer_fee=True, transfer_fee_bps=25)
-    stored = await store.tokens.upsert(token)
+    stored = await relational.tokens.upsert(token)
     assert stored.model_dump(exclude={"last_updated"}) == token.model_dump(exclude={"last_updated"})
     assert stored.last_updated is not None
     assert stored.last_updated.tzinfo is not None
-    assert await store.tokens.get(token.address) == stored
-    assert await store.tokens.get(token.address.lower()) is None  # base58 is case-sensitive
-    renamed = await store.tokens.upsert(token.model_copy(update={"name": "Renamed"}))
+    assert await relational.tokens.get(token.address) == stored
+    assert await relational.tokens.get(token.address.lower()) is None  # base58 is case-sensitive
+    renamed = await relational.tokens.upsert(token.model_copy(update={"name": "Renamed"}))
     assert renamed.name == "Renamed"
     assert renamed.last_updated is not None
     assert renamed.last_updated >= stored.last_updated
-    assert await store.tokens.get(_mint()) is None
+    assert await relational.tokens.get(_mint()) is None
 
 
 async def test_symbol_lookup_is_deterministic_and_ambiguity_is_an_error(
-    store: RelationalStore,
+    relational: RelationalStore,
 ) -> None:
     symbol = f"S{uuid4().hex[:10]}"
-    assert await store.tokens.get_by_symbol(symbol) is None
-    first = await store.tokens.upsert(_token(symbol))
-    assert await store.tokens.get_by_symbol(symbol) == first
-    assert await store.tokens.get_by_symbol(symbol.lower()) is None  # exact, case-sensitive
-    second = await store.tokens.upsert(_token(symbol))
+    assert await relational.tokens.get_by_symbol(symbol) is None
+    first = await relational.tokens.upsert(_token(symbol))
+    assert await relational.tokens.get_by_symbol(symbol) == first
+    assert await relational.tokens.get_by_symbol(symbol.lower()) is None  # exact, case-sensitive
+    second = await relational.tokens.upsert(_token(symbol))
     with pytest.raises(AmbiguousSymbolError) as raised:
-        await store.tokens.get_by_symbol(symbol)
+        await relational.tokens.get_by_symbol(symbol)
     assert raised.value.addresses == tuple(sorted([first.address, second.address]))
-    found = await store.tokens.find_by_symbol(symbol)
+    found = await relational.tokens.find_by_symbol(symbol)
     assert [token.address for token in found] == sorted([first.address, second.address])
 
 
-async def test_token_pages_walk_every_mint_once_in_address_order(store: RelationalStore) -> None:
+async def test_token_pages_walk_every_mint_once_in_address_order(
+    relational: RelationalStore,
+) -> None:
     symbol = f"P{uuid4().hex[:10]}"
-    created = {(await store.tokens.upsert(_token(symbol))).address for _ in range(7)}
+    created = {(await relational.tokens.upsert(_token(symbol))).address for _ in range(7)}
     seen: list[str] = []
     after = min(created)[:-1]  # a prefix sorts just before it: walk only the stretch we made
     while not seen or seen[-1] < max(created):
-        page = await store.tokens.page(after=after, limit=3)
+        page = await relational.tokens.page(after=after, limit=3)
         assert page, "pages end only past the last mint"
         seen.extend(token.address for token in page)
         after = page[-1].address
     assert seen == sorted(seen)
     assert len(seen) == len(set(seen))
     assert created <= set(seen)
-    [first] = await store.tokens.page(limit=1)  # no cursor: from the smallest address
+    [first] = await relational.tokens.page(limit=1)  # no cursor: from the smallest address
     assert first.address <= min(created)
     for bad in (0, -1, 1001):
         with pytest.raises(InvalidInputError):
-            await store.tokens.page(limit=bad)
+            await relational.tokens.page(limit=bad)
 
 
 json_text = st.characters(exclude_categories=["Cs"], exclude_characters="\x00")
@@ -133,11 +129,11 @@ json_values = st.recursive(
 )
 @given(extensions=st.dictionaries(st.text(json_text, max_size=12), json_values, max_size=5))
 async def test_extensions_round_trip_exactly(
-    store: RelationalStore, extensions: dict[str, object]
+    relational: RelationalStore, extensions: dict[str, object]
 ) -> None:
     token = _token(extensions=extensions)
-    await store.tokens.upsert(token)
-    fetched = await store.tokens.get(token.address)
+    await relational.tokens.upsert(token)
+    fetched = await relational.tokens.get(token.address)
     assert fetched is not None
     assert _same_json(fetched.extensions, token.extensions)
 
@@ -153,7 +149,9 @@ def _same_json(left: object, right: object) -> bool:
     return left == right
 
 
-async def test_token_2022_extensions_keep_types_and_big_integers(store: RelationalStore) -> None:
+async def test_token_2022_extensions_keep_types_and_big_integers(
+    relational: RelationalStore,
+) -> None:
     extensions = {
         "transferFeeConfig": {
             "transferFeeConfigAuthority": _mint(),
@@ -168,8 +166,8 @@ async def test_token_2022_extensions_keep_types_and_big_integers(store: Relation
         "nonTransferable": True,
         "memoTransfer": None,
     }
-    token = await store.tokens.upsert(_token(extensions=extensions))
-    fetched = await store.tokens.get(token.address)
+    token = await relational.tokens.upsert(_token(extensions=extensions))
+    fetched = await relational.tokens.get(token.address)
     assert fetched is not None
     assert _same_json(fetched.extensions, extensions)
 
@@ -179,44 +177,44 @@ async def test_token_2022_extensions_keep_types_and_big_integers(store: Relation
     [{"nul": "a\x00b"}, {"surrogate": "\ud800"}, {"big": 1e300}, {"deep": [{"x": -2.5e16}]}],
 )
 async def test_extensions_that_cannot_round_trip_are_refused(
-    store: RelationalStore, extensions: dict[str, object]
+    relational: RelationalStore, extensions: dict[str, object]
 ) -> None:
     token = _token(extensions=extensions)
     with pytest.raises(InvalidInputError) as raised:
-        await store.tokens.upsert(token)
+        await relational.tokens.upsert(token)
     assert all(field.startswith("extensions") for field in raised.value.fields)
-    assert await store.tokens.get(token.address) is None
+    assert await relational.tokens.get(token.address) is None
 
 
 # --- trader config --------------------------------------------------------------------------
 
 
-async def test_one_lamport_and_eighteen_decimals_survive(store: RelationalStore) -> None:
-    tiny = await store.traders.create(
+async def test_one_lamport_and_eighteen_decimals_survive(relational: RelationalStore) -> None:
+    tiny = await relational.traders.create(
         _trader(max_position_size=LAMPORT, max_daily_loss=Decimal("0.000000000000000001"))
     )
-    fetched = await store.traders.get(tiny.id)
+    fetched = await relational.traders.get(tiny.id)
     assert fetched is not None
     assert fetched.max_position_size == LAMPORT
     assert fetched.max_daily_loss == Decimal("1e-18")
     # Literals: Python's default decimal context (28 digits) would round arithmetic on these.
     huge = Decimal("12345678901234567890.123456789012345678")  # 38 digits, 18 decimals
     huge_and_a_lamport = Decimal("12345678901234567890.123456790012345678")
-    big = await store.traders.create(
+    big = await relational.traders.create(
         _trader(max_position_size=huge, max_daily_loss=huge_and_a_lamport)
     )
-    fetched = await store.traders.get(big.id)
+    fetched = await relational.traders.get(big.id)
     assert fetched is not None
     assert (fetched.max_position_size, fetched.max_daily_loss) == (huge, huge_and_a_lamport)
     assert str(fetched.max_daily_loss) == "12345678901234567890.123456790012345678"
 
 
-async def test_updated_at_is_kept_by_the_trigger(store: RelationalStore) -> None:
-    created = await store.traders.create(_trader())
+async def test_updated_at_is_kept_by_the_trigger(relational: RelationalStore) -> None:
+    created = await relational.traders.create(_trader())
     assert created.created_at is not None
     assert created.updated_at == created.created_at
     await asyncio.sleep(0.01)
-    updated = await store.traders.update(
+    updated = await relational.traders.update(
         created.model_copy(update={"max_slippage_bps": 75, "mode": TradingMode.LIVE})
     )
     assert updated.max_slippage_bps == 75
@@ -224,12 +222,12 @@ async def test_updated_at_is_kept_by_the_trigger(store: RelationalStore) -> None
     assert updated.created_at == created.created_at
     assert updated.updated_at is not None
     assert updated.updated_at > created.updated_at
-    assert await store.traders.get(created.id) == updated
-    assert updated in await store.traders.list_all()
+    assert await relational.traders.get(created.id) == updated
+    assert updated in await relational.traders.list_all()
 
 
-async def test_trigger_overrides_timestamps_sent_by_a_client(store: RelationalStore) -> None:
-    async with store.database.pool.acquire() as connection:  # the app role, past the models
+async def test_trigger_overrides_timestamps_sent_by_a_client(relational: RelationalStore) -> None:
+    async with postgres(relational.settings, "app") as connection:  # past the models
         trader_id = uuid4()
         await connection.execute(
             "INSERT INTO trader_config (id, name, mode, max_position_size, max_daily_loss,"
@@ -248,16 +246,16 @@ async def test_trigger_overrides_timestamps_sent_by_a_client(store: RelationalSt
     assert row["created_at"] > forged
 
 
-async def test_update_of_a_missing_trader_is_not_found(store: RelationalStore) -> None:
+async def test_update_of_a_missing_trader_is_not_found(relational: RelationalStore) -> None:
     with pytest.raises(NotFoundError):
-        await store.traders.update(_trader())
-    assert await store.traders.get(uuid4()) is None
+        await relational.traders.update(_trader())
+    assert await relational.traders.get(uuid4()) is None
 
 
-async def test_duplicate_trader_id_is_invalid_input(store: RelationalStore) -> None:
-    created = await store.traders.create(_trader())
+async def test_duplicate_trader_id_is_invalid_input(relational: RelationalStore) -> None:
+    created = await relational.traders.create(_trader())
     with pytest.raises(InvalidInputError):
-        await store.traders.create(_trader(id=created.id))
+        await relational.traders.create(_trader(id=created.id))
 
 
 @pytest.mark.parametrize(
@@ -291,10 +289,10 @@ async def test_duplicate_trader_id_is_invalid_input(store: RelationalStore) -> N
     ],
 )
 async def test_check_constraints_reject_rows_that_bypass_the_models(
-    store: RelationalStore, statement: str, constraint: str
+    relational: RelationalStore, statement: str, constraint: str
 ) -> None:
-    await store.traders.create(_trader())  # so the order-rule insert has a trader to point at
-    async with store.database.pool.acquire() as connection:  # the app role, past the models
+    await relational.traders.create(_trader())  # so the order-rule insert has a trader to point at
+    async with postgres(relational.settings, "app") as connection:  # past the models
         with pytest.raises(asyncpg.CheckViolationError) as raised:
             await connection.execute(statement)
     assert raised.value.constraint_name == constraint
@@ -328,46 +326,46 @@ def _rule(trader_id: UUID, token: str, rule_type: RuleType, price: str) -> Order
     )
 
 
-async def test_rules_fire_on_the_right_side_of_their_price(store: RelationalStore) -> None:
-    trader = await store.traders.create(_trader())
+async def test_rules_fire_on_the_right_side_of_their_price(relational: RelationalStore) -> None:
+    trader = await relational.traders.create(_trader())
     token = _mint()
-    stop = await store.rules.create(_rule(trader.id, token, RuleType.STOP_LOSS, "90"))
-    take = await store.rules.create(_rule(trader.id, token, RuleType.TAKE_PROFIT, "110"))
-    open_rules = await store.rules.list_open(token=token)
+    stop = await relational.rules.create(_rule(trader.id, token, RuleType.STOP_LOSS, "90"))
+    take = await relational.rules.create(_rule(trader.id, token, RuleType.TAKE_PROFIT, "110"))
+    open_rules = await relational.rules.list_open(token=token)
     assert [rule.id for rule in open_rules] == [stop.id, take.id]
-    assert await store.rules.list_open(trader_id=trader.id, token=token) == open_rules
-    assert await store.rules.claim_triggered(token, Decimal(100)) == []
-    assert await store.rules.claim_triggered(token, Decimal(90) + LAMPORT) == []
-    [fired_stop] = await store.rules.claim_triggered(token, Decimal(90))
+    assert await relational.rules.list_open(trader_id=trader.id, token=token) == open_rules
+    assert await relational.rules.claim_triggered(token, Decimal(100)) == []
+    assert await relational.rules.claim_triggered(token, Decimal(90) + LAMPORT) == []
+    [fired_stop] = await relational.rules.claim_triggered(token, Decimal(90))
     assert fired_stop.id == stop.id
     assert fired_stop.triggered_at is not None
-    assert await store.rules.claim_triggered(token, Decimal(50)) == []  # already fired
-    assert await store.rules.claim_triggered(token, Decimal(110) - LAMPORT) == []
-    [fired_take] = await store.rules.claim_triggered(token, Decimal(110))
+    assert await relational.rules.claim_triggered(token, Decimal(50)) == []  # already fired
+    assert await relational.rules.claim_triggered(token, Decimal(110) - LAMPORT) == []
+    [fired_take] = await relational.rules.claim_triggered(token, Decimal(110))
     assert fired_take.id == take.id
-    assert await store.rules.list_open(token=token) == []
-    assert await store.rules.get(stop.id) == fired_stop
+    assert await relational.rules.list_open(token=token) == []
+    assert await relational.rules.get(stop.id) == fired_stop
 
 
-async def test_rule_for_unknown_trader_is_not_found(store: RelationalStore) -> None:
+async def test_rule_for_unknown_trader_is_not_found(relational: RelationalStore) -> None:
     with pytest.raises(NotFoundError):
-        await store.rules.create(_rule(uuid4(), _mint(), RuleType.STOP_LOSS, "1"))
+        await relational.rules.create(_rule(uuid4(), _mint(), RuleType.STOP_LOSS, "1"))
 
 
-async def test_claim_refuses_a_bad_price_or_token(store: RelationalStore) -> None:
+async def test_claim_refuses_a_bad_price_or_token(relational: RelationalStore) -> None:
     with pytest.raises(InvalidInputError):
-        await store.rules.claim_triggered(_mint(), Decimal(-1))
+        await relational.rules.claim_triggered(_mint(), Decimal(-1))
     with pytest.raises(InvalidInputError):
-        await store.rules.claim_triggered("not-a-mint", Decimal(1))
+        await relational.rules.claim_triggered("not-a-mint", Decimal(1))
     with pytest.raises(InvalidInputError):
-        await store.rules.list_open()
+        await relational.rules.list_open()
 
 
 async def test_concurrent_workers_fire_each_rule_exactly_once(
-    settings: Settings, store: RelationalStore
+    settings: Settings, relational: RelationalStore
 ) -> None:
     rng = random.Random(4)  # noqa: S311  (reproducible test data)
-    traders = [await store.traders.create(_trader()) for _ in range(3)]
+    traders = [await relational.traders.create(_trader()) for _ in range(3)]
     tokens = [_mint() for _ in range(4)]
     rules = [
         _rule(
@@ -378,7 +376,7 @@ async def test_concurrent_workers_fire_each_rule_exactly_once(
         )
         for _ in range(400)
     ]
-    await asyncio.gather(*(store.rules.create(rule) for rule in rules))
+    await asyncio.gather(*(relational.rules.create(rule) for rule in rules))
     prices = [Decimal(rng.randint(1, 200)) for _ in range(12)]
     expected = {
         rule.id
@@ -390,9 +388,11 @@ async def test_concurrent_workers_fire_each_rule_exactly_once(
         )
     }
     # Workers in separate pools, as separate processes would be, all seeing the same prices.
-    others = [await RelationalStore.open(settings, migrate=False) for _ in range(2)]
-    workers = [store, *others]
-    try:
+    async with AsyncExitStack() as opened:
+        others = [
+            await opened.enter_async_context(RelationalStore.open(settings)) for _ in range(2)
+        ]
+        workers = [relational, *others]
 
         async def worker(number: int) -> list[UUID]:
             claimed: list[UUID] = []
@@ -405,15 +405,14 @@ async def test_concurrent_workers_fire_each_rule_exactly_once(
             return claimed
 
         results = await asyncio.gather(*(worker(number) for number in range(12)))
-    finally:
-        for other in others:
-            await other.close()
     fired = Counter(rule_id for claimed in results for rule_id in claimed)
     assert expected, "the prices chosen trigger some rules"
     assert len(expected) < len(rules), "and leave some open"
     assert max(fired.values()) == 1
     assert set(fired) == expected
-    still_open = {rule.id for token in tokens for rule in await store.rules.list_open(token=token)}
+    still_open = {
+        rule.id for token in tokens for rule in await relational.rules.list_open(token=token)
+    }
     assert still_open == {rule.id for rule in rules} - expected
 
 
@@ -432,30 +431,32 @@ def _health(node: str, at: datetime, state: CircuitState, latency: int = 5) -> N
     )
 
 
-async def test_node_health_is_per_node_and_latest_wins(store: RelationalStore) -> None:
+async def test_node_health_is_per_node_and_latest_wins(relational: RelationalStore) -> None:
     now = datetime.now(UTC)
     first = f"https://rpc-{uuid4().hex[:8]}.example.com"
     second = f"wss://rpc-{uuid4().hex[:8]}.example.com/ws"
     # Same instant, two nodes: the seed's timestamp key collided here.
-    await store.nodes.record(_health(first, now, CircuitState.CLOSED))
-    await store.nodes.record(_health(second, now, CircuitState.OPEN))
-    await store.nodes.record(_health(first, now + timedelta(seconds=1), CircuitState.HALF_OPEN))
-    await store.nodes.record(_health(first, now - timedelta(seconds=1), CircuitState.OPEN))
-    latest = {str(health.node): health for health in await store.nodes.latest_per_node()}
+    await relational.nodes.record(_health(first, now, CircuitState.CLOSED))
+    await relational.nodes.record(_health(second, now, CircuitState.OPEN))
+    await relational.nodes.record(
+        _health(first, now + timedelta(seconds=1), CircuitState.HALF_OPEN)
+    )
+    await relational.nodes.record(_health(first, now - timedelta(seconds=1), CircuitState.OPEN))
+    latest = {str(health.node): health for health in await relational.nodes.latest_per_node()}
     assert latest[first + "/"].circuit_breaker_status is CircuitState.HALF_OPEN
     assert latest[first + "/"].timestamp == now + timedelta(seconds=1)
     assert latest[second].circuit_breaker_status is CircuitState.OPEN
-    assert await store.nodes.circuit_state(first) is CircuitState.HALF_OPEN
-    assert await store.nodes.circuit_state(second) is CircuitState.OPEN
-    assert await store.nodes.circuit_state("https://never-reported.example.com") is None
+    assert await relational.nodes.circuit_state(first) is CircuitState.HALF_OPEN
+    assert await relational.nodes.circuit_state(second) is CircuitState.OPEN
+    assert await relational.nodes.circuit_state("https://never-reported.example.com") is None
     # The same node and instant again replaces the report instead of failing.
-    await store.nodes.record(_health(second, now, CircuitState.CLOSED, latency=9))
-    replaced = await store.nodes.latest(second)
+    await relational.nodes.record(_health(second, now, CircuitState.CLOSED, latency=9))
+    replaced = await relational.nodes.latest(second)
     assert replaced is not None
     assert (replaced.latency_ms, replaced.circuit_breaker_status) == (9, CircuitState.CLOSED)
     assert replaced.error_rate == 0.25
 
 
-async def test_node_lookup_refuses_a_non_url(store: RelationalStore) -> None:
+async def test_node_lookup_refuses_a_non_url(relational: RelationalStore) -> None:
     with pytest.raises(InvalidInputError):
-        await store.nodes.latest("not a url")
+        await relational.nodes.latest("not a url")

@@ -6,10 +6,20 @@ import json
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
+from pydantic.fields import FieldInfo
 
 from tradestore.errors import ConfigError
-from tradestore.settings import Settings
+from tradestore.settings import (
+    PostgresSettings,
+    QuestDBSettings,
+    RedisSettings,
+    Settings,
+    StoreSettings,
+)
 from tradestore.stack.credentials import ensure_credentials
+
+EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 
 
 def test_defaults_point_at_the_local_stack_on_loopback(
@@ -99,3 +109,108 @@ def test_an_unreadable_credentials_file_is_a_config_error(tmp_path: Path) -> Non
     (tmp_path / "credentials.json").write_text("{not json")
     with pytest.raises(ConfigError, match="credentials"):
         Settings(data_dir=tmp_path)
+
+
+def _changed_value(name: str, field: FieldInfo) -> tuple[str, object]:  # noqa: PLR0911
+    """An environment value for one field that differs from its default, and what it parses to."""
+    default = field.get_default(call_default_factory=True)
+    annotation = field.annotation
+    if name.endswith("password"):
+        return "a-password", "a-password"
+    if isinstance(default, bool):
+        return str(not default).lower(), not default
+    if isinstance(default, int):
+        return str(default + 1), default + 1
+    if isinstance(default, float):
+        return str(default * 2), default * 2
+    if isinstance(default, str):
+        return default + "x", default + "x"
+    if isinstance(default, dict):
+        value = {"stream:elsewhere": ["g"]}
+        return json.dumps(value), value
+    if annotation == Path | None:
+        return "/opt/jdk", Path("/opt/jdk")
+    raise AssertionError(f"no sample value for {name}: {annotation}")
+
+
+SECTIONS: dict[str, type[StoreSettings]] = {
+    "postgres": PostgresSettings,
+    "redis": RedisSettings,
+    "questdb": QuestDBSettings,
+}
+
+
+@pytest.mark.parametrize(
+    ("section", "name"),
+    [(section, name) for section, model in SECTIONS.items() for name in model.model_fields],
+)
+def test_every_setting_is_reachable_as_tradestore_store_name(
+    section: str, name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = SECTIONS[section]
+    raw, expected = _changed_value(name, model.model_fields[name])
+    monkeypatch.setenv(f"TRADESTORE_{section.upper()}__{name.upper()}", raw)
+    value = getattr(getattr(Settings(data_dir=tmp_path), section), name)
+    if isinstance(value, SecretStr):
+        value = value.get_secret_value()
+    assert value == expected
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "problem"),
+    [
+        ("TRADESTORE_QUESTDB__FLUSH_ROWS", "0", "flush_rows"),
+        ("TRADESTORE_QUESTDB__RETRY_INITIAL_S", "5", "retry_initial_s must not exceed"),
+        ("TRADESTORE_POSTGRES__POOL_MIN_SIZE", "30", "pool_min_size must not exceed"),
+        ("TRADESTORE_REDIS__BLOCK_MS", "4500", "block_ms must stay"),
+        ("TRADESTORE_REDIS__PRICE_TTL_MS", "soon", "price_ttl_ms"),
+        ("TRADESTORE_POSTGRES__PORT", "70000", "port"),
+        ("TRADESTORE_REDIS__NO_SUCH_SETTING", "1", "no_such_setting"),
+    ],
+)
+def test_a_bad_setting_is_a_config_error_naming_it(
+    variable: str, value: str, problem: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError, match=problem):
+        Settings(data_dir=tmp_path)
+
+
+def test_with_changes_validates_like_the_environment(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path)
+    changed = settings.with_changes(questdb={"flush_rows": 7}, redis={"price_ttl_ms": 250})
+    assert (changed.questdb.flush_rows, changed.redis.price_ttl_ms) == (7, 250)
+    assert settings.questdb.flush_rows == 10_000, "the original is unchanged"
+    with pytest.raises(ConfigError, match="flush_rows"):
+        settings.with_changes(questdb={"flush_rows": -1})
+    with pytest.raises(ConfigError, match="no section"):
+        settings.with_changes(kafka={"port": 1})
+
+
+def test_connect_arguments_carry_the_timeouts_and_utc_sessions(tmp_path: Path) -> None:
+    settings = ensure_credentials(Settings(data_dir=tmp_path))
+    postgres = settings.postgres.connect_arguments("owner")
+    assert postgres["user"] == settings.postgres.owner_user
+    assert postgres["command_timeout"] == settings.postgres.command_timeout_s
+    assert postgres["server_settings"]["timezone"] == "UTC"
+    questdb = settings.questdb.connect_arguments()
+    assert (questdb["port"], questdb["command_timeout"]) == (
+        settings.questdb.pg_port,
+        settings.questdb.query_timeout_s,
+    )
+    assert questdb["server_settings"]["TimeZone"] == "UTC"
+    redis = settings.redis.connect_arguments()
+    assert redis["socket_timeout"] == settings.redis.command_timeout_s
+
+
+def test_default_ports_lie_outside_the_ephemeral_range(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path)
+    low, high = (int(part) for part in EPHEMERAL_RANGE.read_text().split())
+    ports = [
+        settings.postgres.port,
+        settings.redis.port,
+        settings.questdb.http_port,
+        settings.questdb.pg_port,
+        settings.questdb.min_http_port,
+    ]
+    assert [port for port in ports if low <= port <= high] == []

@@ -20,7 +20,8 @@ import redis.asyncio as aioredis
 from questdb import Sender, TimestampNanos
 from redis.exceptions import AuthenticationError, ResponseError
 
-from tests.conftest import REPO, stack_overrides
+from tests.conftest import REPO, port_base, stack_overrides
+from tests.support import postgres, wait_until
 from tradestore.errors import PortInUseError, PrerequisiteError
 from tradestore.settings import Role, Settings
 from tradestore.stack import LocalStack
@@ -29,9 +30,11 @@ from tradestore.stack.process import port_is_free
 pytestmark = pytest.mark.lifecycle
 
 
-def free_port_base(start: int = 49400, span: int = 6) -> int:
-    """The first base at or after start whose next `span` ports are all free."""
-    for base in range(start, start + 2000, 10):
+def free_port_base(span: int = 6) -> int:
+    """A base for a stack of its own: past the test stack's ports, within the hundred this
+    session may use, the first whose next `span` ports are all free."""
+    session = port_base()
+    for base in range(session + 10, session + 100 - span, 10):
         if all(port_is_free("127.0.0.1", base + offset) for offset in range(1, span)):
             return base
     raise RuntimeError("no free ports for a lifecycle stack")
@@ -60,17 +63,6 @@ async def pids(local: LocalStack) -> dict[str, int | None]:
     return {server.name: server.running_pid() for server in local.servers}
 
 
-async def connect_postgres(settings: Settings, role: Role) -> asyncpg.Connection:
-    user, password = settings.postgres.credentials(role)
-    return await asyncpg.connect(
-        host=settings.postgres.host,
-        port=settings.postgres.port,
-        user=user,
-        password=password,
-        database=settings.postgres.database,
-    )
-
-
 async def test_up_from_nothing_then_up_again_down_and_restart(fresh_stack: LocalStack) -> None:
     assert all(pid is None for pid in (await pids(fresh_stack)).values())
 
@@ -90,12 +82,9 @@ async def test_up_from_nothing_then_up_again_down_and_restart(fresh_stack: Local
     assert versions["questdb"] == "9.3.4"
 
     # Something to survive the restart: a table owned by the migrating role.
-    connection = await connect_postgres(settings, "owner")
-    try:
+    async with postgres(settings, "owner") as connection:
         await connection.execute("CREATE TABLE survives (value int)")
         await connection.execute("INSERT INTO survives VALUES (7)")
-    finally:
-        await connection.close()
 
     await fresh_stack.up()
     assert await pids(fresh_stack) == first, "a second up must reuse the running servers"
@@ -112,50 +101,34 @@ async def test_up_from_nothing_then_up_again_down_and_restart(fresh_stack: Local
     assert [s.running for s in await fresh_stack.status()] == [False, False, False]
 
     # Restart from the same directory: same credentials, data kept.
-    port_base = settings.postgres.port - 1
-    again = LocalStack(Settings(**stack_overrides(settings.data_dir, port_base)))
+    base = settings.postgres.port - 1
+    again = LocalStack(Settings(**stack_overrides(settings.data_dir, base)))
     await again.up()
     assert again.settings.redis.secret() == settings.redis.secret()
-    connection = await connect_postgres(again.settings, "app")
-    try:
+    async with postgres(again.settings, "app") as connection:
         assert await connection.fetchval("SELECT value FROM survives") == 7
-    finally:
-        await connection.close()
 
 
 async def test_each_server_answers_only_with_the_generated_credentials(
     stack: LocalStack,
 ) -> None:
     settings = stack.settings
-    postgres = settings.postgres
     roles: tuple[Role, ...] = ("app", "owner")
     for role in roles:
-        connection = await connect_postgres(settings, role)
-        try:
-            assert await connection.fetchval("SELECT current_user") == postgres.credentials(role)[0]
-        finally:
-            await connection.close()
+        async with postgres(settings, role) as connection:
+            user = await connection.fetchval("SELECT current_user")
+            assert user == settings.postgres.credentials(role)[0]
     with pytest.raises(asyncpg.InvalidPasswordError):
-        await asyncpg.connect(
-            host=postgres.host,
-            port=postgres.port,
-            user=postgres.app_user,
-            password="wrong",
-            database=postgres.database,
-        )
+        await asyncpg.connect(**settings.postgres.connect_arguments("app") | {"password": "wrong"})
 
-    async with aioredis.Redis(
-        host=settings.redis.host,
-        port=settings.redis.port,
-        username=settings.redis.username,
-        password=settings.redis.secret(),
-    ) as client:
+    async with aioredis.Redis(**settings.redis.connect_arguments()) as client:
         await client.set("lifecycle:probe", "1", px=1000)
         assert await client.get("lifecycle:probe") == b"1"
         assert await client.config_get("save") == {"save": ""}
         assert await client.config_get("appendonly") == {"appendonly": "no"}
+    anonymous_arguments = settings.redis.connect_arguments() | {"username": None, "password": None}
     with pytest.raises((AuthenticationError, ResponseError)):
-        async with aioredis.Redis(host=settings.redis.host, port=settings.redis.port) as anonymous:
+        async with aioredis.Redis(**anonymous_arguments) as anonymous:
             await anonymous.ping()
 
     questdb = stack.server("questdb")
@@ -165,11 +138,7 @@ async def test_each_server_answers_only_with_the_generated_credentials(
         sender.row("lifecycle_probe", columns={"value": 1.0}, at=TimestampNanos.now())
     with pytest.raises(asyncpg.PostgresError, match="invalid username/password"):
         await asyncpg.connect(
-            host=settings.questdb.host,
-            port=settings.questdb.pg_port,
-            user="admin",
-            password="quest",
-            database="qdb",
+            **settings.questdb.connect_arguments() | {"user": "admin", "password": "quest"}
         )
 
 
@@ -191,10 +160,10 @@ async def test_a_port_held_by_a_foreign_server_is_a_clear_error(fresh_stack: Loc
         stderr=asyncio.subprocess.DEVNULL,
     )
     try:
-        for _ in range(100):
-            if not port_is_free("127.0.0.1", settings.redis.port):
-                break
-            await asyncio.sleep(0.05)
+        taken = await wait_until(
+            lambda: not port_is_free("127.0.0.1", settings.redis.port), 5.0, 0.05
+        )
+        assert taken, "the foreign server never listened"
         with pytest.raises(PortInUseError) as caught:
             await fresh_stack.up()
         assert caught.value.server == "redis"

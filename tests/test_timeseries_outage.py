@@ -9,12 +9,12 @@ from uuid import uuid4
 
 import pytest
 
-from tests.timeseries_support import make_trades, trade_counts, wait_for
+from tests.support import wait_for
+from tests.timeseries_support import make_trades, trade_counts, wait_applied
 from tradestore.errors import StoreUnavailableError
 from tradestore.settings import Settings
 from tradestore.stack import LocalStack
-from tradestore.timeseries.schema import apply_schema
-from tradestore.timeseries.writer import Receipt, TimeSeriesWriter, WriterConfig
+from tradestore.timeseries import Receipt, TimeSeriesWriter
 
 CLIENT_RETRY_TIMEOUT_S = 10.0
 """The official client gives up after this by default; the writer must outlast it."""
@@ -26,7 +26,6 @@ async def test_rows_written_through_an_outage_arrive_exactly_once(
     stack: LocalStack, settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="tradestore.timeseries.writer")
-    await apply_schema(settings)
     questdb = stack.server("questdb")
     trader = uuid4()
     receipts: list[Receipt] = []
@@ -42,7 +41,7 @@ async def test_rows_written_through_an_outage_arrive_exactly_once(
             accepted += len(chunk)
             await asyncio.sleep(0.02)
 
-    async with TimeSeriesWriter(settings, WriterConfig(retry_max_s=0.5)) as writer:
+    async with TimeSeriesWriter(settings.with_changes(questdb={"retry_max_s": 0.5})) as writer:
         producer = asyncio.create_task(produce(writer))
         await asyncio.sleep(1.0)
         try:
@@ -65,22 +64,21 @@ async def test_rows_written_through_an_outage_arrive_exactly_once(
     assert accepted > 0
     assert "retrying" in caplog.text
     assert settings.questdb.secret() not in caplog.text
-    expected = (accepted, accepted)
-    assert await wait_for(lambda: trade_counts(settings, trader), expected) == expected
+    await wait_applied(settings, "trades")
+    assert await trade_counts(settings, trader) == (accepted, accepted)
 
 
 async def test_writer_started_while_questdb_is_down_applies_backpressure_then_delivers(
     stack: LocalStack, settings: Settings
 ) -> None:
-    await apply_schema(settings)
     questdb = stack.server("questdb")
     trader = uuid4()
     trades = make_trades(trader, datetime.now(UTC), 2_000)
     bound = 64 * 1024
-    config = WriterConfig(max_pending_bytes=bound, retry_max_s=0.5)
+    tuned = settings.with_changes(questdb={"max_pending_bytes": bound, "retry_max_s": 0.5})
     await questdb.down()
     try:
-        writer = TimeSeriesWriter(settings, config)
+        writer = TimeSeriesWriter(tuned)
         await writer.start()
         producer = asyncio.create_task(writer.write_many(trades))
 
@@ -96,7 +94,7 @@ async def test_writer_started_while_questdb_is_down_applies_backpressure_then_de
         assert stats.peak_pending_bytes <= bound + ROW_BYTES_MAX
 
         doomed_trader = uuid4()
-        doomed = TimeSeriesWriter(settings, config)
+        doomed = TimeSeriesWriter(tuned)
         await doomed.start()
         receipt = await doomed.write(make_trades(doomed_trader, datetime.now(UTC), 1)[0])
         with pytest.raises(StoreUnavailableError, match="did not acknowledge 1 accepted row"):
@@ -109,5 +107,5 @@ async def test_writer_started_while_questdb_is_down_applies_backpressure_then_de
     await asyncio.wait_for(receipt, DELIVERY_TIMEOUT_S)
     await writer.close()
     assert writer.stats().rows_written == len(trades)
-    expected = (len(trades), len(trades))
-    assert await wait_for(lambda: trade_counts(settings, trader), expected) == expected
+    await wait_applied(settings, "trades")
+    assert await trade_counts(settings, trader) == (len(trades), len(trades))

@@ -11,7 +11,7 @@ from uuid import uuid4
 
 import pytest
 
-from tests.test_cli import cli_env, tradestore
+from tests.support import cli_env, tradestore, wait_for
 from tests.timeseries_support import (
     BASE_TOKEN,
     QUOTE_TOKEN,
@@ -19,20 +19,14 @@ from tests.timeseries_support import (
     make_trades,
     scalar,
     trade_counts,
-    wait_for,
+    wait_applied,
 )
 from tradestore.errors import InvalidInputError, StoreUnavailableError, WriterClosedError
 from tradestore.models import Metric, MevEvent, Position, Trade, TradeAction
 from tradestore.settings import Settings
-from tradestore.timeseries import schema
-from tradestore.timeseries.queries import TimeSeriesQueries
-from tradestore.timeseries.retention import enforce_retention
-from tradestore.timeseries.writer import TimeSeriesWriter, WriterConfig
+from tradestore.timeseries import TimeSeriesStore, TimeSeriesWriter, enforce_retention, schema
 
-
-@pytest.fixture(scope="module", autouse=True)
-async def tables(settings: Settings) -> None:
-    await schema.apply_schema(settings)
+ALL_TABLES = [table.name for table in schema.TABLES]
 
 
 async def test_schema_is_recorded_and_applying_it_again_changes_nothing(
@@ -75,17 +69,12 @@ async def test_later_steps_apply_once_in_version_order(settings: Settings) -> No
 async def test_a_thousand_trades_are_queryable_with_exact_values(settings: Settings) -> None:
     trader = uuid4()
     trades = make_trades(trader, datetime.now(UTC) - timedelta(minutes=5), 1000)
-    async with TimeSeriesWriter(settings) as writer:
-        receipt = await writer.write_many(trades)
+    async with TimeSeriesStore.open(settings) as store:
+        receipt = await store.writer.write_many(trades)
         await receipt
-        assert writer.stats().rows_written >= 1000
-    async with await TimeSeriesQueries.connect(settings) as queries:
-
-        async def visible() -> int:
-            return len(await queries.last_trades(trader, 1000))
-
-        assert await wait_for(visible, 1000) == 1000
-        stored = await queries.last_trades(trader, 1000)
+        assert store.writer.stats().rows_written >= 1000
+        await wait_applied(settings, "trades")
+        stored = await store.queries.last_trades(trader, 1000)
     assert stored == sorted(trades, key=lambda trade: trade.timestamp, reverse=True)
 
 
@@ -104,7 +93,8 @@ async def test_bad_rows_are_refused_and_never_poison_good_ones(settings: Setting
             await writer.write(Settings())  # type: ignore[arg-type]
         await (await writer.write_many(good[1:]))
         assert writer.stats().rows_accepted == 3
-    assert await wait_for(lambda: trade_counts(settings, trader), (3, 3)) == (3, 3)
+    await wait_applied(settings, "trades")
+    assert await trade_counts(settings, trader) == (3, 3)
     ids = {
         row["id"]
         for row in await fetch(settings, "SELECT id FROM trades WHERE trader_id = $1", str(trader))
@@ -115,8 +105,9 @@ async def test_bad_rows_are_refused_and_never_poison_good_ones(settings: Setting
 async def test_close_drains_every_accepted_row_of_every_table(settings: Settings) -> None:
     trader, now = uuid4(), datetime.now(UTC)
     name = f"drain_{uuid4().hex}"
-    config = WriterConfig(flush_interval_s=3600, flush_rows=1_000_000)
-    writer = TimeSeriesWriter(settings, config)
+    writer = TimeSeriesWriter(
+        settings.with_changes(questdb={"flush_interval_s": 3600, "flush_rows": 1_000_000})
+    )
     await writer.start()
     trades = await writer.write_many(make_trades(trader, now, 500))
     positions = await writer.write_many(
@@ -148,23 +139,20 @@ async def test_close_drains_every_accepted_row_of_every_table(settings: Settings
     assert writer.stats().queue_depth == 0
     with pytest.raises(WriterClosedError):
         await writer.write(make_trades(trader, now, 1)[0])
-    assert await wait_for(lambda: trade_counts(settings, trader), (500, 500)) == (500, 500)
-
-    async def others() -> tuple[int, int, int]:
-        return (
-            await scalar(settings, "SELECT count() FROM positions WHERE trader_id = $1", key),
-            await scalar(settings, "SELECT count() FROM mev_events WHERE trader_id = $1", key),
-            await scalar(settings, "SELECT count() FROM metrics WHERE metric_name = $1", name),
-        )
-
+    await wait_applied(settings, *ALL_TABLES)
+    assert await trade_counts(settings, trader) == (500, 500)
     key = str(trader)
-    assert await wait_for(others, (20, 1, 1)) == (20, 1, 1)
+    assert (
+        await scalar(settings, "SELECT count() FROM positions WHERE trader_id = $1", key),
+        await scalar(settings, "SELECT count() FROM mev_events WHERE trader_id = $1", key),
+        await scalar(settings, "SELECT count() FROM metrics WHERE metric_name = $1", name),
+    ) == (20, 1, 1)
 
 
 async def test_a_full_batch_flushes_before_the_interval(settings: Settings) -> None:
     trader = uuid4()
-    config = WriterConfig(flush_interval_s=3600, flush_rows=100)
-    async with TimeSeriesWriter(settings, config) as writer:
+    tuned = settings.with_changes(questdb={"flush_interval_s": 3600, "flush_rows": 100})
+    async with TimeSeriesWriter(tuned) as writer:
         first = await writer.write_many(make_trades(trader, datetime.now(UTC), 100))
         await asyncio.wait_for(first, timeout=10)
         stats = writer.stats()
@@ -178,8 +166,7 @@ async def test_resent_rows_are_stored_once(settings: Settings) -> None:
     for _ in range(2):
         async with TimeSeriesWriter(settings) as writer:
             await (await writer.write_many(trades))
-    await wait_for(lambda: trade_counts(settings, trader), (200, 200))
-    await asyncio.sleep(0.5)  # a second copy, if stored, would be applied by now
+    await wait_applied(settings, "trades")  # both copies committed and applied
     assert await trade_counts(settings, trader) == (200, 200)
 
 
@@ -218,10 +205,10 @@ async def test_queries_answer_pnl_positions_and_mev(settings: Settings) -> None:
         for i in range(3)
         for who in (trader, other)
     ]
-    async with TimeSeriesWriter(settings) as writer:
-        await (await writer.write_many([*trades, *later, *positions, *events]))
-    async with await TimeSeriesQueries.connect(settings) as queries:
-        await wait_for(lambda: trade_counts(settings, trader), (7, 7))
+    async with TimeSeriesStore.open(settings) as store:
+        queries = store.queries
+        await (await store.writer.write_many([*trades, *later, *positions, *events]))
+        await wait_applied(settings, "trades", "positions", "mev_events")
         pnl = await queries.pnl_by_interval(hour, hour + timedelta(hours=2), "1h", trader)
         assert [(b.start, b.trades) for b in pnl] == [(hour, 6), (hour + timedelta(hours=1), 1)]
         assert pnl[0].trader_id == trader
@@ -295,9 +282,10 @@ async def test_retention_job_drops_by_wall_clock_what_ttl_keeps(settings: Settin
     trader = uuid4()
     async with TimeSeriesWriter(settings) as writer:
         await (await writer.write_many(make_trades(trader, datetime.now(UTC), 5)))
-    await wait_for(lambda: trade_counts(settings, trader), (5, 5))
-    assert await enforce_retention(settings) == [t.name for t in schema.TABLES]
-    await asyncio.sleep(0.5)
+    await wait_applied(settings, "trades")
+    assert await trade_counts(settings, trader) == (5, 5)
+    assert await enforce_retention(settings) == ALL_TABLES
+    await wait_applied(settings, *ALL_TABLES)  # any partition drop it made is applied
     assert await trade_counts(settings, trader) == (5, 5)
 
 
@@ -307,7 +295,7 @@ def test_retention_command_speaks_json_and_exit_codes(settings: Settings) -> Non
         assert "Usage" in tradestore(*command, "--help", env=env).stdout
     result = tradestore("timeseries", "retention", "--json", env=env)
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout) == {"days": 30, "tables": [t.name for t in schema.TABLES]}
+    assert json.loads(result.stdout) == {"days": 30, "tables": ALL_TABLES}
     assert tradestore("timeseries", "retention", "--days", "0", env=env).returncode == 2
     away = env | {"TRADESTORE_QUESTDB__PG_PORT": str(settings.questdb.min_http_port + 4)}
     unreachable = tradestore("timeseries", "retention", "--json", env=away)
@@ -335,11 +323,12 @@ async def test_extreme_amounts_survive_storage_and_arithmetic_exactly(settings: 
             }
         ),
     ]
-    async with TimeSeriesWriter(settings) as writer:
-        await (await writer.write_many(trades))
-    async with await TimeSeriesQueries.connect(settings) as queries:
-        await wait_for(lambda: trade_counts(settings, trader), (2, 2))
-        assert await queries.last_trades(trader, 10) == trades[::-1]
-        [bucket] = await queries.pnl_by_interval(hour, hour + timedelta(hours=1), "1h", trader)
+    async with TimeSeriesStore.open(settings) as store:
+        await (await store.writer.write_many(trades))
+        await wait_applied(settings, "trades")
+        assert await store.queries.last_trades(trader, 10) == trades[::-1]
+        [bucket] = await store.queries.pnl_by_interval(
+            hour, hour + timedelta(hours=1), "1h", trader
+        )
     assert bucket.volume == Decimal("12345678901234567900.123456789012345678")
     assert bucket.realised_pnl == Decimal("12345678901234567880.123456789012345677")

@@ -1,10 +1,12 @@
-"""Rows and polling shared by the time series tests; every row belongs to a fresh trader."""
+"""Rows, peeks past the API and WAL polling shared by the time series tests.
+
+Every row belongs to a fresh trader, so tests never see each other's rows.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -12,13 +14,13 @@ from uuid import UUID
 
 from solders.pubkey import Pubkey
 
+from tests.support import VISIBLE_TIMEOUT_S
 from tradestore.models import Trade, TradeAction, TradingMode
 from tradestore.settings import Settings
 from tradestore.timeseries.connection import connection
 
 BASE_TOKEN = str(Pubkey.new_unique())
 QUOTE_TOKEN = str(Pubkey.new_unique())
-VISIBLE_TIMEOUT_S = 15.0
 
 
 def make_trades(trader_id: UUID, start: datetime, count: int) -> list[Trade]:
@@ -54,18 +56,28 @@ async def scalar(settings: Settings, sql: str, *args: Any) -> Any:
         return await conn.fetchval(sql, *args)
 
 
-async def wait_for(
-    probe: Callable[[], Awaitable[Any]],
-    expected: Any,
-    timeout_s: float = VISIBLE_TIMEOUT_S,
-) -> Any:
-    """Poll until probe() returns expected; return the last value either way, for the assert."""
+async def wait_applied(
+    settings: Settings, *tables: str, timeout_s: float = VISIBLE_TIMEOUT_S
+) -> None:
+    """Return once QuestDB has applied every WAL transaction committed to the tables so far.
+
+    Each table's writer has then caught up with its sequencer: whatever a receipt reported
+    committed is in the table, so a count taken now is final, not a guess after a sleep.
+    """
     deadline = time.monotonic() + timeout_s
-    value = await probe()
-    while value != expected and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-        value = await probe()
-    return value
+    async with connection(settings) as conn:
+        for table in tables:
+            while True:
+                row = await conn.fetchrow(
+                    "SELECT writerTxn, sequencerTxn, suspended FROM wal_tables() WHERE name = $1",
+                    table,
+                )
+                assert row is not None, f"{table} is not a WAL table"
+                assert not row["suspended"], f"{table}: WAL apply is suspended"
+                if row["writerTxn"] == row["sequencerTxn"]:
+                    break
+                assert time.monotonic() < deadline, f"{table}: WAL not applied: {dict(row)}"
+                await asyncio.sleep(0.02)
 
 
 async def trade_counts(settings: Settings, trader_id: UUID) -> tuple[int, int]:

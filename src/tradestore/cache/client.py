@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from types import TracebackType
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.connection import HiredisRespSerializer
 from redis.exceptions import AuthenticationError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.retry import Retry
 from redis.typing import EncodableT
 
-from tradestore.cache.config import CacheConfig
 from tradestore.errors import ConfigError, StoreUnavailableError
-from tradestore.settings import Settings
+from tradestore.settings import RedisSettings
 
 
 class HiredisPackingConnection(aioredis.Connection):
@@ -34,47 +31,51 @@ class HiredisPackingConnection(aioredis.Connection):
         return packed
 
 
-def create_client(settings: Settings, config: CacheConfig | None = None) -> aioredis.Redis:
-    """A RESP3 client over one bounded pool; hiredis parses replies when installed.
+def create_client(config: RedisSettings) -> aioredis.Redis:
+    """A RESP3 client over one bounded pool; hiredis parses replies.
 
     One immediate retry lets a command that met a connection Redis closed (after a restart) go
     through on a fresh one; a command in flight while Redis is down fails fast with a typed error
-    instead of redis-py's default ten backed-off retries.
+    instead of redis-py's default ten backed-off retries. The retry must be the asyncio one:
+    redis-py's synchronous ``Retry`` handed to the asyncio pool never awaits the call it retries.
     """
-    config = config or CacheConfig()
     pool = aioredis.BlockingConnectionPool(
         connection_class=HiredisPackingConnection,
-        host=settings.redis.host,
-        port=settings.redis.port,
-        db=settings.redis.db,
-        username=settings.redis.username,
-        password=settings.redis.secret(),
+        **config.connect_arguments(),
         protocol=3,
         decode_responses=True,
         # Bytes another writer left that are not UTF-8 must not make reads raise (a poisoned
         # stream entry would block its group): they decode to lone surrogates, which parsing
         # then refuses like any other malformed value.
         encoding_errors="surrogateescape",
-        socket_timeout=config.socket_timeout_s,
-        socket_connect_timeout=config.connect_timeout_s,
         max_connections=config.max_connections,
         timeout=config.connect_timeout_s,
         retry=Retry(NoBackoff(), retries=1),
         retry_on_error=[RedisConnectionError],
     )
-    return aioredis.Redis(connection_pool=pool)
+    # from_pool: the client owns the pool and disconnects it on aclose() (a pool passed as
+    # connection_pool= stays open, leaking every connection of a closed store).
+    return aioredis.Redis.from_pool(pool)
 
 
-@asynccontextmanager
-async def open_client(
-    settings: Settings, config: CacheConfig | None = None
-) -> AsyncIterator[aioredis.Redis]:
-    """``create_client`` whose pool is closed on exit."""
-    client = create_client(settings, config)
-    try:
-        yield client
-    finally:
-        await client.aclose()
+class RedisConnections:
+    """The pooled client every part of one cache store shares, and the settings it was made of.
+
+    tradestore's own handle, so that no redis-py type shows in a public signature.
+    """
+
+    __slots__ = ("redis", "settings")
+
+    def __init__(self, settings: RedisSettings) -> None:
+        self.settings = settings
+        self.redis = create_client(settings)
+
+    async def ping(self) -> None:
+        with translated_errors("ping"):
+            await self.redis.ping()
+
+    async def close(self) -> None:
+        await self.redis.aclose()
 
 
 class translated_errors:

@@ -21,8 +21,7 @@ import math
 import time
 from contextlib import AsyncExitStack
 from decimal import Decimal
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import anyio
 import anyio.lowlevel
@@ -32,10 +31,10 @@ from coredis.exceptions import RedisError as CoredisError
 from coredis.patterns.cache import AbstractCache, CacheStats, NodeTrackingCache
 from coredis.typing import RedisValueT, ResponseType
 
-from tradestore.cache.config import CacheConfig
 from tradestore.cache.keys import address, decode_price, price_key
 from tradestore.errors import StoreUnavailableError
-from tradestore.settings import Settings
+from tradestore.lifecycle import Lifecycle
+from tradestore.settings import RedisSettings
 
 _KEEPALIVE_WAKE_S = 1.0
 """coredis' keepalive sleeps at least this long between checks."""
@@ -156,27 +155,27 @@ class _TrackingLink(NodeTrackingCache[Any]):
             await anyio.lowlevel.checkpoint()
 
 
-class NearCache:
+class NearCache(Lifecycle):
     """In-process prices served without a round trip, never after Redis changed or expired them.
 
-    Use as ``async with NearCache(settings) as near``, entered and left in one task (coredis runs
-    anyio task groups). While the invalidation link is down (or silent for longer than
-    ``2 * near_cache_max_idle_s + 1`` s) the cache empties itself and every read goes to Redis
-    until the link is back.
+    Opened by ``CacheStore.open(settings, near_cache=True)``, reached as ``cache.near``; the store
+    is entered and left in one task (coredis runs anyio task groups). While the invalidation link
+    is down (or silent for longer than ``2 * near_cache_max_idle_s + 1`` s) the cache empties
+    itself and every read goes to Redis until the link is back.
     """
 
-    def __init__(self, settings: Settings, config: CacheConfig | None = None) -> None:
-        config = config or CacheConfig()
+    def __init__(self, config: RedisSettings) -> None:
         self._entries = _Entries(config.near_cache_max_keys)
+        arguments = config.connect_arguments()
         self._client: coredis.Redis[bytes] = coredis.Redis(
-            host=settings.redis.host,
-            port=settings.redis.port,
-            db=settings.redis.db,
-            username=settings.redis.username,
-            password=settings.redis.secret(),
+            host=arguments["host"],
+            port=arguments["port"],
+            db=arguments["db"],
+            username=arguments["username"],
+            password=arguments["password"],
             decode_responses=False,  # decode_price refuses bytes that are not UTF-8
-            stream_timeout=config.socket_timeout_s,
-            connect_timeout=config.connect_timeout_s,
+            stream_timeout=arguments["socket_timeout"],  # coredis' names for redis-py's
+            connect_timeout=arguments["socket_connect_timeout"],
             max_connections=config.near_cache_connections,
             cache=self._entries,
         )
@@ -186,19 +185,13 @@ class NearCache:
         self._fetches: dict[str, asyncio.Future[Decimal | None]] = {}
         self._exit = AsyncExitStack()
 
-    async def __aenter__(self) -> Self:
+    async def start(self) -> None:
         try:
             await self._exit.enter_async_context(self._client)
         except (CoredisError, OSError) as error:
             raise StoreUnavailableError(f"redis: near cache: {error}") from error
-        return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    async def close(self) -> None:
         for fetch in list(self._fetches.values()):
             fetch.cancel()
         await self._exit.aclose()

@@ -7,10 +7,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from decimal import Decimal
 from typing import TypeVar
 
-import redis.asyncio as aioredis
-
-from tradestore.cache.client import translated_errors
-from tradestore.cache.config import CacheConfig
+from tradestore.cache.client import RedisConnections, translated_errors
 from tradestore.cache.keys import (
     address,
     decode_price,
@@ -31,9 +28,9 @@ class PriceCache:
     A miss (absent or expired) is ``None``; batched calls take one round trip.
     """
 
-    def __init__(self, client: aioredis.Redis, config: CacheConfig | None = None) -> None:
-        self._client = client
-        self._config = config or CacheConfig()
+    def __init__(self, connections: RedisConnections) -> None:
+        self._client = connections.redis
+        self._config = connections.settings
 
     async def set_price(self, token: str, price: Decimal) -> None:
         await self.set_prices({token: price})

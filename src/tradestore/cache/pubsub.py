@@ -12,17 +12,14 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Self
 
-import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from tradestore.cache.client import translated_errors
-from tradestore.cache.config import CacheConfig
-from tradestore.errors import StoreUnavailableError
+from tradestore.cache.client import RedisConnections, translated_errors
+from tradestore.errors import StoreUnavailableError, WriterClosedError
+from tradestore.lifecycle import Lifecycle
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +27,7 @@ _RECONNECT_DELAYS_S = (0.05, 0.1, 0.2, 0.5, 1.0)
 _POLL_S = 1.0
 
 
-class CoalescingPublisher:
+class CoalescingPublisher(Lifecycle):
     """Keeps each channel's latest message and publishes it at most ``hz`` times a second.
 
     ``offer`` never waits: a producer at 1 kHz stays at 1 kHz. Every 1/hz seconds (on a fixed
@@ -39,24 +36,18 @@ class CoalescingPublisher:
     back, unless a newer one replaced it.
     """
 
-    def __init__(self, client: aioredis.Redis, config: CacheConfig | None = None) -> None:
-        self._client = client
-        self._period = 1.0 / (config or CacheConfig()).pubsub_hz
+    def __init__(self, connections: RedisConnections) -> None:
+        self._client = connections.redis
+        self._period = 1.0 / connections.settings.pubsub_hz
         self._pending: dict[str, str] = {}
         self._task: asyncio.Task[None] | None = None
         self.published = 0
         self.failures = 0
 
-    async def __aenter__(self) -> Self:
+    async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="tradestore-coalescing-publisher")
-        return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    async def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -65,7 +56,7 @@ class CoalescingPublisher:
     def offer(self, channel: str, message: str) -> None:
         """Replace the channel's pending message; it goes out on the next tick."""
         if self._task is None:
-            raise RuntimeError("use the publisher as `async with CoalescingPublisher(...)`")
+            raise WriterClosedError("use the publisher as `async with cache.publisher()`")
         if self._task.done():
             self._task.result()  # re-raises what stopped the publishing loop
         self._pending[channel] = message
@@ -104,13 +95,14 @@ class Message:
     data: str
 
 
-async def subscribe(client: aioredis.Redis, *channels: str) -> AsyncIterator[Message]:
+async def subscribe(connections: RedisConnections, *channels: str) -> AsyncIterator[Message]:
     """Messages of ``channels`` as they come, across Redis restarts.
 
     redis-py's PubSub keeps reading a socket the server closed (its reads do not disconnect on
     error), so a lost link is replaced by a fresh PubSub that subscribes again, with growing
     delays (at most one second apart) while Redis is unreachable.
     """
+    client = connections.redis
     failures = 0
     while True:
         pubsub = client.pubsub(ignore_subscribe_messages=True)

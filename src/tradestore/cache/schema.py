@@ -2,23 +2,24 @@
 
 from __future__ import annotations
 
-from tradestore.cache.client import open_client
-from tradestore.cache.config import CacheConfig
+from tradestore.cache.client import RedisConnections
 from tradestore.cache.streams import StreamConsumer
 from tradestore.settings import Settings
 
 
-async def apply_schema(settings: Settings, config: CacheConfig | None = None) -> list[str]:
+async def apply_schema(settings: Settings) -> list[str]:
     """Create each configured consumer group that is missing (with its stream); idempotent.
 
     Persistence is off, so a restart empties Redis: consumers re-create their group on demand
     too, and this only makes the groups exist before the first publisher or reader runs.
     """
-    config = config or CacheConfig()
     applied: list[str] = []
-    async with open_client(settings, config) as client:
-        for stream, groups in config.consumer_groups.items():
+    connections = RedisConnections(settings.redis)
+    try:
+        for stream, groups in settings.redis.consumer_groups.items():
             for group in groups:
-                if await StreamConsumer(client, stream, group, "init", config).ensure_group():
+                if await StreamConsumer(connections, stream, group, "init").ensure_group():
                     applied.append(f"group {group} on {stream}")
+    finally:
+        await connections.close()
     return applied

@@ -17,12 +17,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 from redis.typing import EncodableT, FieldT
 
-from tradestore.cache.client import translated_errors
-from tradestore.cache.config import CacheConfig
+from tradestore.cache.client import RedisConnections, translated_errors
 from tradestore.errors import ConfigError, InvalidInputError
 from tradestore.models.cache import Event
 
@@ -90,12 +88,10 @@ return ids
 class EventStream:
     """Typed publishing to one stream, capped at about ``stream_maxlen`` entries."""
 
-    def __init__(
-        self, client: aioredis.Redis, name: str, config: CacheConfig | None = None
-    ) -> None:
-        self._client = client
+    def __init__(self, connections: RedisConnections, name: str) -> None:
+        self._client = client = connections.redis
         self.name = name
-        self._config = config or CacheConfig()
+        self._config = connections.settings
         # redis-py sends EVALSHA and loads the script again after NOSCRIPT (a restart).
         self._publish_batch = client.register_script(_PUBLISH_BATCH_LUA)
 
@@ -146,19 +142,13 @@ class StreamConsumer:
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        connections: RedisConnections,
         stream: str,
         group: str,
         consumer: str,
-        config: CacheConfig | None = None,
     ) -> None:
-        self._client = client
-        self._config = config or CacheConfig()
-        if self._config.block_ms / 1000 + _SOCKET_MARGIN_S > self._config.socket_timeout_s:
-            raise ConfigError(
-                f"block_ms {self._config.block_ms} must stay {_SOCKET_MARGIN_S} s under the"
-                f" socket timeout ({self._config.socket_timeout_s} s)"
-            )
+        self._client = connections.redis
+        self._config = connections.settings
         self.stream = stream
         self.group = group
         self.consumer = consumer
@@ -186,7 +176,7 @@ class StreamConsumer:
         outlive the socket timeout).
         """
         block = self._config.block_ms if block_ms is None else block_ms
-        if block / 1000 + _SOCKET_MARGIN_S > self._config.socket_timeout_s:
+        if block / 1000 + _SOCKET_MARGIN_S > self._config.command_timeout_s:
             raise ConfigError(f"block_ms {block} too close to the socket timeout")
         with translated_errors(f"read {self.stream} as {self.group}/{self.consumer}"):
             try:
@@ -287,8 +277,8 @@ class StreamConsumer:
 class Streams:
     """The platform's three streams, by role."""
 
-    def __init__(self, client: aioredis.Redis, config: CacheConfig | None = None) -> None:
-        config = config or CacheConfig()
-        self.price_updates = EventStream(client, config.price_updates_stream, config)
-        self.trade_events = EventStream(client, config.trade_events_stream, config)
-        self.ui_events = EventStream(client, config.ui_events_stream, config)
+    def __init__(self, connections: RedisConnections) -> None:
+        config = connections.settings
+        self.price_updates = EventStream(connections, config.price_updates_stream)
+        self.trade_events = EventStream(connections, config.trade_events_stream)
+        self.ui_events = EventStream(connections, config.ui_events_stream)

@@ -14,10 +14,9 @@ from tradestore.cli import relational as relational_cli
 from tradestore.cli import stack
 from tradestore.cli import timeseries as timeseries_cli
 from tradestore.cli.context import build_settings, settings_of
-from tradestore.cli.output import JsonOption, console, error_console, print_json, run_command
+from tradestore.cli.output import JsonOption, console, error_console, print_json, run_or_exit
 from tradestore.errors import ConfigError
 from tradestore.relational import apply_schema as apply_postgres_schema
-from tradestore.stack.credentials import ensure_credentials
 from tradestore.timeseries import apply_schema as apply_questdb_schema
 
 app = typer.Typer(
@@ -68,8 +67,12 @@ def main(
 
 @app.command()
 def init(ctx: typer.Context, as_json: JsonOption = False) -> None:
-    """Apply every store's schema (PostgreSQL migrations, QuestDB tables, Redis groups)."""
-    settings = ensure_credentials(settings_of(ctx))
+    """Apply every store's schema (PostgreSQL migrations, QuestDB tables, Redis groups).
+
+    Passwords come from the settings (environment, or the local stack's credentials file):
+    pointed at another deployment, init never invents or writes any.
+    """
+    settings = settings_of(ctx)
 
     async def work() -> dict[str, list[str]]:
         applied: dict[str, list[str]] = {}
@@ -83,7 +86,7 @@ def init(ctx: typer.Context, as_json: JsonOption = False) -> None:
                 )
         return applied
 
-    applied = run_command(work, as_json=as_json)
+    applied = run_or_exit(work, as_json=as_json)
     if as_json:
         print_json(applied)
         return

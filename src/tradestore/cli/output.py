@@ -28,7 +28,7 @@ def print_json(document: Any) -> None:  # noqa: ANN401
     sys.stdout.write(json.dumps(document, indent=2, default=str) + "\n")
 
 
-def run_command(coroutine: Callable[[], Coroutine[Any, Any, T]], *, as_json: bool) -> T:
+def run_or_exit(coroutine: Callable[[], Coroutine[Any, Any, T]], *, as_json: bool) -> T:
     """Run a command's coroutine; a TradestoreError becomes a message and its exit code."""
     try:
         return asyncio.run(coroutine())

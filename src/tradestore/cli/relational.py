@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from tradestore.cli.context import settings_of
-from tradestore.cli.output import JsonOption, console, print_json, run_command
+from tradestore.cli.output import JsonOption, console, print_json, run_or_exit
 from tradestore.errors import MigrationError
 from tradestore.relational.migrate import MigrationState, apply_migrations, migration_status
 
@@ -29,7 +29,7 @@ def apply(ctx: typer.Context, as_json: JsonOption = False) -> None:
     async def work() -> list[str]:
         return await asyncio.to_thread(apply_migrations, settings)
 
-    applied = run_command(work, as_json=as_json)
+    applied = run_or_exit(work, as_json=as_json)
     if as_json:
         print_json({"applied": applied})
     elif applied:
@@ -57,7 +57,7 @@ def status(ctx: typer.Context, as_json: JsonOption = False) -> None:
     async def work() -> list[MigrationState]:
         return await asyncio.to_thread(migration_status, settings)
 
-    states = run_command(work, as_json=as_json)
+    states = run_or_exit(work, as_json=as_json)
     if as_json:
         print_json(
             [

@@ -14,7 +14,7 @@ from tradestore.cli.output import (
     JsonOption,
     console,
     print_json,
-    run_command,
+    run_or_exit,
 )
 from tradestore.stack import LocalStack, ServerStatus
 from tradestore.stack.manager import ServerCallback
@@ -72,7 +72,7 @@ def _change_stack(
                 await change(stack, _progress_callback(progress))
         return await stack.status()
 
-    _print_statuses(run_command(work, as_json=as_json), as_json)
+    _print_statuses(run_or_exit(work, as_json=as_json), as_json)
 
 
 def _print_statuses(statuses: list[ServerStatus], as_json: bool) -> None:
@@ -98,7 +98,7 @@ def down(ctx: typer.Context, as_json: JsonOption = False) -> None:
 def status(ctx: typer.Context, as_json: JsonOption = False) -> None:
     """Show each server, its version, address and round-trip latency (exit 3 if any is down)."""
     stack = LocalStack(settings_of(ctx))
-    statuses = run_command(stack.status, as_json=as_json)
+    statuses = run_or_exit(stack.status, as_json=as_json)
     _print_statuses(statuses, as_json)
     if not all(entry.running and entry.error is None for entry in statuses):
         raise typer.Exit(EXIT_NOT_RUNNING)
@@ -115,7 +115,7 @@ def fetch(ctx: typer.Context, as_json: JsonOption = False) -> None:
         with console.status(f"fetching QuestDB {QUESTDB_VERSION} with Maven"):
             return str(await fetch_questdb_jar(log_file))
 
-    jar = run_command(work, as_json=as_json)
+    jar = run_or_exit(work, as_json=as_json)
     if as_json:
         print_json({"version": QUESTDB_VERSION, "jar": jar})
     else:

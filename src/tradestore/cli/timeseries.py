@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from tradestore.cli.context import settings_of
-from tradestore.cli.output import JsonOption, console, print_json, run_command
+from tradestore.cli.output import JsonOption, console, print_json, run_or_exit
 from tradestore.timeseries.retention import enforce_retention
 from tradestore.timeseries.schema import RETENTION_DAYS
 
@@ -28,7 +28,7 @@ def retention(
     async def work() -> list[str]:
         return await enforce_retention(settings, days=days)
 
-    tables = run_command(work, as_json=as_json)
+    tables = run_or_exit(work, as_json=as_json)
     if as_json:
         print_json({"days": days, "tables": tables})
     else:

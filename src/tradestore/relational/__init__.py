@@ -1,7 +1,7 @@
 """Configuration and metadata on PostgreSQL: tokens, trader config, order rules, node health."""
 
 from tradestore.relational.migrate import MigrationState, apply_migrations, migration_status
-from tradestore.relational.pool import Database
+from tradestore.relational.pool import PoolStats
 from tradestore.relational.repositories import (
     NodeHealthRepository,
     OrderRuleRepository,
@@ -12,10 +12,10 @@ from tradestore.relational.schema import apply_schema
 from tradestore.relational.store import RelationalStore
 
 __all__ = [
-    "Database",
     "MigrationState",
     "NodeHealthRepository",
     "OrderRuleRepository",
+    "PoolStats",
     "RelationalStore",
     "TokenRepository",
     "TraderRepository",

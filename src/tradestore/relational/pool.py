@@ -7,22 +7,23 @@ in flight at that moment; they raise ``StoreUnavailableError`` rather than a dri
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
-from typing import Any, TypedDict, TypeVar
+from dataclasses import dataclass
+from typing import Any, TypedDict, TypeVar, cast
 
 import asyncpg
 from asyncpg import exceptions as pg_errors
 from asyncpg.pool import PoolConnectionProxy
 
-from tradestore.errors import StoreUnavailableError
+from tradestore.errors import ConfigError, StoreUnavailableError
 from tradestore.settings import PostgresSettings, Role, Settings
 
-APPLICATION_NAME = "tradestore"
-
 T = TypeVar("T")
+Row = Mapping[str, Any]
 
 _dumps = functools.partial(json.dumps, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
 
@@ -78,64 +79,87 @@ async def keep_session(connection: asyncpg.Connection) -> None:
 class PoolOptions(TypedDict):
     min_size: int
     max_size: int
-    timeout: float
     max_inactive_connection_lifetime: float
 
 
 def pool_options(config: PostgresSettings) -> PoolOptions:
-    """Pool size, connect timeout and idle lifetime: the seed's 5..20, 3 s and 600 s by default."""
+    """Pool size and idle lifetime: the seed's 5..20 and 600 s by default."""
     return PoolOptions(
         min_size=config.pool_min_size,
         max_size=config.pool_max_size,
-        timeout=config.connect_timeout_s,
         max_inactive_connection_lifetime=config.idle_timeout_s,
     )
 
 
 def pool_arguments(settings: Settings, role: Role = "app") -> dict[str, Any]:
     """Everything ``asyncpg.create_pool`` is given, the role's password included."""
-    config = settings.postgres
-    user, password = config.credentials(role)
     return {
-        "host": config.host,
-        "port": config.port,
-        "user": user,
-        "password": password,
-        "database": config.database,
-        **pool_options(config),
+        **settings.postgres.connect_arguments(role),
+        **pool_options(settings.postgres),
         "init": init_connection,
         "reset": keep_session,
-        "server_settings": {"application_name": APPLICATION_NAME, "timezone": "UTC"},
     }
 
 
+@dataclass(frozen=True, slots=True)
+class PoolStats:
+    """How full the pool is: ``size`` connections open, ``idle`` of them free, at most ``max``."""
+
+    size: int
+    idle: int
+    max: int
+
+
 class Database:
-    """A pool of connections as one role: min/max size, timeouts and idle lifetime from settings."""
+    """A pool of connections as one role, opened on first use unless opened eagerly.
 
-    def __init__(self, pool: asyncpg.Pool, where: str) -> None:
-        self._pool = pool
-        self.where = where
+    Size, timeouts and idle lifetime come from the settings. Rows come back as read-only
+    mappings; failures to reach PostgreSQL as StoreUnavailableError.
+    """
 
-    @classmethod
-    async def connect(cls, settings: Settings, role: Role = "app") -> Database:
-        where = settings.postgres.dsn(role)
-        with translate_unavailable(where):
-            pool = await asyncpg.create_pool(**pool_arguments(settings, role))
-        return cls(pool, where)
+    def __init__(self, settings: Settings, role: Role = "app") -> None:
+        self._settings = settings
+        self._role: Role = role
+        self.where = settings.postgres.dsn(role)
+        self._pool: asyncpg.Pool | None = None
+        self._opening = asyncio.Lock()
 
-    @property
-    def pool(self) -> asyncpg.Pool:
-        return self._pool
+    async def open(self) -> None:
+        if self._pool is not None:
+            return
+        async with self._opening:
+            if self._pool is None:
+                try:
+                    with translate_unavailable(self.where):
+                        self._pool = await asyncpg.create_pool(
+                            **pool_arguments(self._settings, self._role)
+                        )
+                except pg_errors.InvalidAuthorizationSpecificationError as error:
+                    raise ConfigError(
+                        f"PostgreSQL at {self.where} refused the login: {error}"
+                    ) from None
 
     async def close(self) -> None:
-        await self._pool.close()
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
 
     async def reset(self) -> None:
         """Replace every connection, dropping prepared statements a migration made stale."""
-        await self._pool.expire_connections()
+        if self._pool is not None:
+            await self._pool.expire_connections()
+
+    def stats(self) -> PoolStats:
+        pool = self._pool
+        if pool is None:
+            return PoolStats(size=0, idle=0, max=self._settings.postgres.pool_max_size)
+        return PoolStats(size=pool.get_size(), idle=pool.get_idle_size(), max=pool.get_max_size())
 
     async def _run(self, operation: Callable[[PoolConnectionProxy], Awaitable[T]]) -> T:
         """One operation on one pooled connection; a connection that broke is not reused."""
+        if self._pool is None:
+            await self.open()
+        assert self._pool is not None  # noqa: S101 - open() set it or raised
         with translate_unavailable(self.where):
             async with self._pool.acquire() as connection:
                 try:
@@ -147,11 +171,17 @@ class Database:
                             connection.terminate()
                     raise
 
-    async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:  # noqa: ANN401
-        return await self._run(lambda connection: connection.fetch(query, *args))
+    async def fetch(self, query: str, *args: object) -> Sequence[Row]:
+        rows = await self._run(lambda connection: connection.fetch(query, *args))
+        return cast(Sequence[Row], rows)
 
-    async def fetchrow(self, query: str, *args: Any) -> asyncpg.Record | None:  # noqa: ANN401
-        return await self._run(lambda connection: connection.fetchrow(query, *args))
+    async def fetchrow(self, query: str, *args: object) -> Row | None:
+        row = await self._run(lambda connection: connection.fetchrow(query, *args))
+        return cast(Row | None, row)
 
-    async def fetchval(self, query: str, *args: Any) -> Any:  # noqa: ANN401
+    async def fetchval(self, query: str, *args: object) -> Any:  # noqa: ANN401
         return await self._run(lambda connection: connection.fetchval(query, *args))
+
+    async def execute(self, query: str, *args: object) -> str:
+        """A statement whose rows are not needed; returns the server's status (``UPDATE 1``)."""
+        return await self._run(lambda connection: connection.execute(query, *args))

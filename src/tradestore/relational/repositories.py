@@ -12,7 +12,6 @@ from decimal import Decimal
 from typing import cast
 from uuid import UUID
 
-from asyncpg import Record
 from asyncpg import exceptions as pg_errors
 from pydantic import JsonValue
 
@@ -25,7 +24,7 @@ from tradestore.errors import (
 from tradestore.models import NodeHealth, OrderRule, TokenInfo, TraderConfig
 from tradestore.models.base import CircuitState, PositiveMoney, SolanaAddress, TradestoreModel
 from tradestore.models.relational import NodeUrl
-from tradestore.relational.pool import Database
+from tradestore.relational.pool import Database, Row
 
 DEFAULT_PAGE = 100
 MAX_PAGE = 1000
@@ -100,7 +99,7 @@ class TokenRepository(Repository):
                 token.transfer_fee_bps,
                 token.extensions,
             )
-        return TokenInfo(**cast(Record, row))  # RETURNING yields the row
+        return TokenInfo(**cast(Row, row))  # RETURNING yields the row
 
     async def get(self, address: str) -> TokenInfo | None:
         """The mint with exactly this address, or None."""
@@ -180,7 +179,7 @@ class TraderRepository(Repository):
             raise InvalidInputError(
                 "TraderConfig", [FieldProblem("id", f"trader {config.id} already exists")]
             ) from None
-        return TraderConfig(**cast(Record, row))  # RETURNING yields the row
+        return TraderConfig(**cast(Row, row))  # RETURNING yields the row
 
     async def get(self, trader_id: UUID) -> TraderConfig | None:
         row = await self._db.fetchrow(
@@ -249,7 +248,7 @@ class OrderRuleRepository(Repository):
             raise InvalidInputError(
                 "OrderRule", [FieldProblem("id", f"rule {rule.id} already exists")]
             ) from None
-        return OrderRule(**cast(Record, row))  # RETURNING yields the row
+        return OrderRule(**cast(Row, row))  # RETURNING yields the row
 
     async def get(self, rule_id: UUID) -> OrderRule | None:
         row = await self._db.fetchrow(

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from types import TracebackType
 from typing import Self
 
+from tradestore.lifecycle import Lifecycle
 from tradestore.relational.migrate import MIGRATIONS_DIR, apply_migrations
-from tradestore.relational.pool import Database
+from tradestore.relational.pool import Database, PoolStats
 from tradestore.relational.repositories import (
     NodeHealthRepository,
     OrderRuleRepository,
@@ -18,42 +18,45 @@ from tradestore.relational.repositories import (
 from tradestore.settings import Settings
 
 
-class RelationalStore:
-    """Configuration and metadata in PostgreSQL, used as the application role (data only)."""
+class RelationalStore(Lifecycle):
+    """``async with RelationalStore.open(settings) as pg: await pg.tokens.get(mint)``.
 
-    def __init__(self, settings: Settings, database: Database) -> None:
+    Used as the application role, which reads and writes data but cannot change the schema, so
+    an application process never needs the owner's password. Migrations are ``tradestore init``
+    (or ``migrate=True``, which does need it). Eager by default: entering opens the pool, so a
+    wrong address or password fails at start; ``lazy=True`` opens it on first use.
+    """
+
+    def __init__(self, settings: Settings, *, migrate: bool = False, lazy: bool = False) -> None:
         self.settings = settings
-        self.database = database
-        self.tokens = TokenRepository(database)
-        self.traders = TraderRepository(database)
-        self.rules = OrderRuleRepository(database)
-        self.nodes = NodeHealthRepository(database)
+        self._migrate_on_start = migrate
+        self._lazy = lazy
+        self._database = Database(settings, "app")
+        self.tokens = TokenRepository(self._database)
+        self.traders = TraderRepository(self._database)
+        self.rules = OrderRuleRepository(self._database)
+        self.nodes = NodeHealthRepository(self._database)
 
     @classmethod
-    async def open(cls, settings: Settings, *, migrate: bool = True) -> Self:
-        """Apply pending migrations as the owner (as the seed does at start), then pool as app."""
-        if migrate:
-            await asyncio.to_thread(apply_migrations, settings)
-        return cls(settings, await Database.connect(settings, "app"))
+    def open(cls, settings: Settings, *, migrate: bool = False, lazy: bool = False) -> Self:
+        return cls(settings, migrate=migrate, lazy=lazy)
+
+    async def start(self) -> None:
+        if self._migrate_on_start:
+            await asyncio.to_thread(apply_migrations, self.settings)
+        if not self._lazy:
+            await self._database.open()
 
     async def migrate(self, source: Path = MIGRATIONS_DIR) -> list[str]:
-        """Apply pending migrations now; if any ran, pooled connections are replaced so no
-        statement prepared against the old schema is used again."""
+        """Apply pending migrations now (as the owner role); if any ran, pooled connections are
+        replaced so no statement prepared against the old schema is used again."""
         applied = await asyncio.to_thread(apply_migrations, self.settings, source)
         if applied:
-            await self.database.reset()
+            await self._database.reset()
         return applied
 
+    def pool_stats(self) -> PoolStats:
+        return self._database.stats()
+
     async def close(self) -> None:
-        await self.database.close()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.close()
+        await self._database.close()

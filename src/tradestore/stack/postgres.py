@@ -32,7 +32,7 @@ START_TIMEOUT_S = 60.0
 CONFIG_INCLUDE = "tradestore.conf"
 
 
-def _pg_bin(program: str) -> str:
+def pg_bin(program: str) -> str:
     """Find a server program: on PATH, else the newest Debian cluster version's bin dir."""
     found = shutil.which(program)
     if found:
@@ -87,7 +87,7 @@ class PostgresServer:
                 NAME,
                 self._as_cluster_owner(
                     [
-                        _pg_bin("initdb"),
+                        pg_bin("initdb"),
                         "--pgdata",
                         str(self.data_dir),
                         "--username",
@@ -131,15 +131,7 @@ class PostgresServer:
             chown_tree(self.root, *system_user_ids(SYSTEM_USER))
 
     async def _connect(self, role: Role = "app", database: str | None = None) -> asyncpg.Connection:
-        user, password = self.config.credentials(role)
-        return await asyncpg.connect(
-            host=self.config.host,
-            port=self.config.port,
-            user=user,
-            password=password,
-            database=database or self.config.database,
-            timeout=self.config.connect_timeout_s,
-        )
+        return await asyncpg.connect(**self.config.connect_arguments(role, database))
 
     async def _ensure_roles_and_database(self) -> None:
         """Owner role (migrates, owns the schema) and app role (data only), then the database."""
@@ -218,7 +210,7 @@ class PostgresServer:
                 NAME,
                 self._as_cluster_owner(
                     [
-                        _pg_bin("pg_ctl"),
+                        pg_bin("pg_ctl"),
                         "start",
                         "--wait",
                         f"--timeout={START_TIMEOUT_S:.0f}",
@@ -246,7 +238,7 @@ class PostgresServer:
         await run_command(
             NAME,
             self._as_cluster_owner(
-                [_pg_bin("pg_ctl"), "stop", "--wait", "--mode=fast", "--pgdata", str(self.data_dir)]
+                [pg_bin("pg_ctl"), "stop", "--wait", "--mode=fast", "--pgdata", str(self.data_dir)]
             ),
             self.log_file,
         )

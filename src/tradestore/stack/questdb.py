@@ -175,15 +175,7 @@ class QuestDBServer(SpawnedServer):
         )
 
     async def _connect(self) -> asyncpg.Connection:
-        return await asyncpg.connect(
-            host=self.config.host,
-            port=self.config.pg_port,
-            user=self.config.user,
-            password=self.config.secret(),
-            database=self.config.database,
-            timeout=5.0,
-            server_settings={"TimeZone": "UTC"},
-        )
+        return await asyncpg.connect(**self.config.connect_arguments())
 
     def http_status(self, *, authenticated: bool) -> int:
         """HTTP status of a trivial REST query, with or without the credentials."""

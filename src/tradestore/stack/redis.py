@@ -70,15 +70,7 @@ class RedisServer(SpawnedServer):
         return [server, str(self.conf_file)]
 
     def client(self) -> aioredis.Redis:
-        return aioredis.Redis(
-            host=self.config.host,
-            port=self.config.port,
-            db=self.config.db,
-            username=self.config.username,
-            password=self.config.secret(),
-            socket_timeout=2.0,
-            socket_connect_timeout=2.0,
-        )
+        return aioredis.Redis(**self.config.connect_arguments())
 
     async def _version(self) -> str:
         async with self.client() as client:

@@ -1,19 +1,21 @@
 """Time series on QuestDB: trades, positions, metrics and MEV events."""
 
-from tradestore.timeseries.queries import MevSummary, PnlBucket, TimeSeriesQueries
+from tradestore.timeseries.queries import Interval, MevSummary, PnlBucket, TimeSeriesQueries
 from tradestore.timeseries.retention import enforce_retention
 from tradestore.timeseries.rows import TimeSeriesRow
 from tradestore.timeseries.schema import apply_schema
-from tradestore.timeseries.writer import Receipt, TimeSeriesWriter, WriterConfig, WriterStats
+from tradestore.timeseries.store import TimeSeriesStore
+from tradestore.timeseries.writer import Receipt, TimeSeriesWriter, WriterStats
 
 __all__ = [
+    "Interval",
     "MevSummary",
     "PnlBucket",
     "Receipt",
     "TimeSeriesQueries",
     "TimeSeriesRow",
+    "TimeSeriesStore",
     "TimeSeriesWriter",
-    "WriterConfig",
     "WriterStats",
     "apply_schema",
     "enforce_retention",

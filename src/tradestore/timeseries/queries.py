@@ -9,18 +9,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Context, Decimal
-from typing import Any, Literal, Self
+from typing import Any, Literal, get_args
 from uuid import UUID
-
-import asyncpg
 
 from tradestore.errors import FieldProblem, InvalidInputError
 from tradestore.models import Position, Trade, TradeAction, TradingMode
-from tradestore.settings import Settings
-from tradestore.timeseries.connection import UNREACHABLE, connect_options, unavailable
+from tradestore.timeseries.connection import QueryPool, Row
+from tradestore.timeseries.schema import POSITIONS, TRADES
 
 Interval = Literal["1m", "5m", "15m", "1h", "4h", "1d"]
-INTERVALS: frozenset[str] = frozenset(("1m", "5m", "15m", "1h", "4h", "1d"))
+INTERVALS: frozenset[str] = frozenset(get_args(Interval))
 MAX_TRADES = 10_000
 NOTIONAL_DECIMALS = 18
 _QUANTUM = Decimal(1).scaleb(-NOTIONAL_DECIMALS)
@@ -28,10 +26,8 @@ _ONE = Decimal(1)
 EXACT = Context(prec=76)
 """Wide enough for DECIMAL(56, 18) and its products; Python's default 28 digits would round."""
 
-_TRADE_FIELDS = (
-    "timestamp, id, trader_id, mode, action, base_token, quote_token, amount, price, slippage,"
-    " fee, priority_fee, transfer_fee, tx_signature, latency_ms, mev_protected"
-)
+_TRADE_FIELDS = TRADES.select_list()
+_POSITION_FIELDS = POSITIONS.select_list()
 _MONEY_FIELDS = frozenset(
     ("amount", "price", "fee", "transfer_fee", "cost_basis", "current_price", "unrealized_pnl")
 )
@@ -77,7 +73,7 @@ def _bounds(start: datetime, end: datetime) -> tuple[datetime, datetime]:
     return start.astimezone(UTC).replace(tzinfo=None), end.astimezone(UTC).replace(tzinfo=None)
 
 
-def _stored(row: asyncpg.Record) -> dict[str, Any]:
+def _stored(row: Row) -> dict[str, Any]:
     """A stored row as model fields. Rows were validated on their way in, so models are rebuilt
     without validating again (that would triple the cost of ``last_trades``)."""
     values = dict(row)
@@ -97,7 +93,7 @@ def _tidy(value: Decimal) -> Decimal:
     )
 
 
-def _trade(row: asyncpg.Record) -> Trade:
+def _trade(row: Row) -> Trade:
     values = _stored(row)
     values["mode"] = TradingMode(values["mode"])
     values["action"] = TradeAction(values["action"])
@@ -109,29 +105,10 @@ def _quantize(value: Decimal | None) -> Decimal:
 
 
 class TimeSeriesQueries:
-    """``async with await TimeSeriesQueries.connect(settings) as queries: ...``"""
+    """The reads traders and the terminal UI make; reached as ``TimeSeriesStore.queries``."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: QueryPool) -> None:
         self._pool = pool
-
-    @classmethod
-    async def connect(cls, settings: Settings, *, max_size: int = 4) -> Self:
-        try:
-            pool = await asyncpg.create_pool(
-                **connect_options(settings), min_size=1, max_size=max_size
-            )
-        except UNREACHABLE as error:
-            raise unavailable(settings, error) from error
-        return cls(pool)
-
-    async def close(self) -> None:
-        await self._pool.close()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
 
     async def last_trades(self, trader_id: UUID, limit: int = 1000) -> list[Trade]:
         """The trader's newest trades, newest first."""
@@ -186,7 +163,7 @@ class TimeSeriesQueries:
     async def latest_positions(self, trader_id: UUID | None = None) -> list[Position]:
         """The newest position of each (trader, token), one trader or all."""
         rows = await self._pool.fetch(
-            "SELECT timestamp, trader_id, token, amount, cost_basis, current_price, unrealized_pnl"
+            f"SELECT {_POSITION_FIELDS}"  # noqa: S608 - a constant column list
             " FROM positions WHERE ($1::STRING IS NULL OR trader_id = $1)"
             " LATEST ON timestamp PARTITION BY trader_id, token",
             None if trader_id is None else str(trader_id),

@@ -2,7 +2,8 @@
 
 QuestDB has neither transactional DDL nor advisory locks, and no migration library supports it,
 so each step is idempotent on its own (``IF NOT EXISTS``) and the ledger only says which steps
-ran. A later change is a new entry appended to ``STEPS``; an applied step is never edited.
+ran. Steps are literal SQL: a later change is a new entry appended to ``STEPS`` (and the matching
+edit of ``TABLES``), and an applied step is never edited.
 """
 
 from __future__ import annotations
@@ -21,20 +22,24 @@ MONEY = "DECIMAL(56, 18)"
 
 @dataclass(frozen=True, slots=True)
 class Table:
+    """A table's current shape: what the encoders write and the queries read.
+
+    The DDL that made it lives, frozen, in ``STEPS``; a test checks that applying the steps gives
+    exactly these columns, so the two can never drift apart unnoticed.
+    """
+
     name: str
     partition_by: str
     columns: tuple[tuple[str, str], ...]
     dedup_keys: tuple[str, ...]
     """Besides the designated timestamp: what makes a resent row the same row."""
 
-    def create_sql(self) -> str:
-        columns = ",\n    ".join(f"{name} {kind}" for name, kind in self.columns)
-        keys = ", ".join(("timestamp", *self.dedup_keys))
-        return (
-            f"CREATE TABLE IF NOT EXISTS {self.name} (\n    timestamp TIMESTAMP,\n    {columns}\n)"
-            f" TIMESTAMP(timestamp) PARTITION BY {self.partition_by}"
-            f" TTL {RETENTION_DAYS} DAYS WAL DEDUP UPSERT KEYS({keys})"
-        )
+    @property
+    def column_names(self) -> tuple[str, ...]:
+        return ("timestamp", *(name for name, _ in self.columns))
+
+    def select_list(self) -> str:
+        return ", ".join(self.column_names)
 
 
 TRADES = Table(
@@ -102,7 +107,57 @@ class Step:
 
 
 STEPS: tuple[Step, ...] = (
-    Step(1, "0001_time_series_tables", tuple(table.create_sql() for table in TABLES)),
+    # Applied steps are history: never edit one, append a new step instead.
+    Step(
+        1,
+        "0001_time_series_tables",
+        (
+            """CREATE TABLE IF NOT EXISTS trades (
+    timestamp TIMESTAMP,
+    id UUID,
+    trader_id SYMBOL INDEX,
+    mode SYMBOL,
+    action SYMBOL,
+    base_token SYMBOL,
+    quote_token SYMBOL,
+    amount DECIMAL(56, 18),
+    price DECIMAL(56, 18),
+    slippage DOUBLE,
+    fee DECIMAL(56, 18),
+    priority_fee LONG,
+    transfer_fee DECIMAL(56, 18),
+    tx_signature STRING,
+    latency_ms INT,
+    mev_protected BOOLEAN
+) TIMESTAMP(timestamp) PARTITION BY DAY TTL 30 DAYS WAL DEDUP UPSERT KEYS(timestamp, id)""",
+            """CREATE TABLE IF NOT EXISTS positions (
+    timestamp TIMESTAMP,
+    trader_id SYMBOL,
+    token SYMBOL,
+    amount DECIMAL(56, 18),
+    cost_basis DECIMAL(56, 18),
+    current_price DECIMAL(56, 18),
+    unrealized_pnl DECIMAL(56, 18)
+) TIMESTAMP(timestamp) PARTITION BY HOUR TTL 30 DAYS WAL"""
+            " DEDUP UPSERT KEYS(timestamp, trader_id, token)",
+            """CREATE TABLE IF NOT EXISTS metrics (
+    timestamp TIMESTAMP,
+    metric_name SYMBOL,
+    value DOUBLE,
+    labels STRING
+) TIMESTAMP(timestamp) PARTITION BY DAY TTL 30 DAYS WAL"""
+            " DEDUP UPSERT KEYS(timestamp, metric_name, labels)",
+            """CREATE TABLE IF NOT EXISTS mev_events (
+    timestamp TIMESTAMP,
+    id UUID,
+    trader_id SYMBOL,
+    sandwich_probability DOUBLE,
+    estimated_loss_bps INT,
+    avoided BOOLEAN,
+    priority_fee LONG
+) TIMESTAMP(timestamp) PARTITION BY DAY TTL 30 DAYS WAL DEDUP UPSERT KEYS(timestamp, id)""",
+        ),
+    ),
 )
 
 _CREATE_LEDGER = (

@@ -27,7 +27,7 @@ from typing import Any, Self
 from questdb import Sender
 
 from tradestore.errors import StoreUnavailableError, WriterClosedError
-from tradestore.settings import Settings
+from tradestore.settings import QuestDBSettings, Settings
 from tradestore.timeseries.rows import Buffer, TimeSeriesRow, append_row, table_of
 
 log = logging.getLogger(__name__)
@@ -37,24 +37,6 @@ PROTOCOL_VERSION = 3
 LATENCY_SAMPLES = 1024
 YIELD_EVERY_ROWS = 512
 """A producer that never awaits anything else still lets the flusher run this often."""
-
-
-@dataclass(frozen=True, slots=True)
-class WriterConfig:
-    flush_interval_s: float = 0.1
-    flush_rows: int = 10_000
-    """Rows in one table's batch that trigger a flush before the interval ends."""
-    max_pending_bytes: int = 32 * 1024 * 1024
-    """Encoded bytes accepted but not yet acknowledged, over all tables; then backpressure."""
-    retry_initial_s: float = 0.05
-    retry_max_s: float = 2.0
-    request_timeout_s: float = 10.0
-
-    def __post_init__(self) -> None:
-        if self.flush_interval_s <= 0 or self.flush_rows < 1 or self.max_pending_bytes < 1:
-            raise ValueError("flush interval, flush rows and memory bound must be positive")
-        if not 0 < self.retry_initial_s <= self.retry_max_s:
-            raise ValueError("retry delays must satisfy 0 < initial <= max")
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,12 +107,13 @@ def _new_sender(conf: str) -> Sender:
 
 
 class TimeSeriesWriter:
-    """``async with TimeSeriesWriter(settings) as writer: await writer.write(trade)``."""
+    """Reached as ``TimeSeriesStore.writer``; tuned by the ``questdb`` settings (flush interval,
+    flush rows, memory bound, retry delays, request timeout)."""
 
-    def __init__(self, settings: Settings, config: WriterConfig | None = None) -> None:
-        self.config = config or WriterConfig()
+    def __init__(self, settings: Settings) -> None:
+        self.config: QuestDBSettings = settings.questdb
         self._conf = (
-            settings.questdb.ilp_conf()
+            self.config.ilp_conf()
             + f"auto_flush=off;protocol_version={PROTOCOL_VERSION};retry_timeout=0;"
             + f"request_timeout={int(self.config.request_timeout_s * 1000)};"
         )
