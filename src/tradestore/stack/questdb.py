@@ -23,7 +23,7 @@ import asyncpg
 from tradestore.errors import DownloadError, PrerequisiteError
 from tradestore.settings import QuestDBSettings, Settings
 from tradestore.stack.base import median_round_trip_ms
-from tradestore.stack.process import process_cmdline, run_command
+from tradestore.stack.process import private_dir, process_cmdline, run_command, write_private
 from tradestore.stack.spawn import SpawnedServer
 
 NAME = "questdb"
@@ -133,6 +133,7 @@ class QuestDBServer(SpawnedServer):
     def __init__(self, settings: Settings) -> None:
         self.config: QuestDBSettings = settings.questdb
         self.host = self.config.host
+        self.stack_dir = settings.data_dir
         self.root = settings.data_dir / "questdb"
         self.pid_file = self.root / "questdb.pid"
         self.log_file = self.root / "questdb.log"
@@ -150,14 +151,11 @@ class QuestDBServer(SpawnedServer):
         return [self.config.http_port, self.config.pg_port, self.config.min_http_port]
 
     def _write_config(self) -> None:
-        conf_dir = self.root / "conf"
-        conf_dir.mkdir(parents=True, exist_ok=True)
-        conf = conf_dir / "server.conf"
-        conf.touch(mode=0o600)
-        conf.chmod(0o600)
+        conf = private_dir(self.root / "conf") / "server.conf"
         host = self.config.host
         secret = self.config.secret()
-        conf.write_text(
+        write_private(
+            conf,
             "# Written by tradestore on every `stack up`; it holds passwords (mode 0600).\n"
             f"http.net.bind.to={host}:{self.config.http_port}\n"
             f"http.user={self.config.user}\n"
@@ -172,6 +170,11 @@ class QuestDBServer(SpawnedServer):
             "line.udp.enabled=false\n"
             "telemetry.enabled=false\n"
             "cairo.wal.enabled.default=true\n"
+            # QuestDB's native open() sets umask 002 and creates every table file 0644 whatever
+            # the umask it was started with, so its directories carry the privacy: 0700
+            # (448), as the stack's own directories above them are.
+            "cairo.mkdir.mode=448\n"
+            "cairo.detached.mkdir.mode=448\n",
         )
 
     async def _connect(self) -> asyncpg.Connection:

@@ -2,26 +2,36 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from abc import ABC, abstractmethod
 from pathlib import Path
 
 from tradestore.errors import StackError
+from tradestore.stack.lock import stack_lock
 from tradestore.stack.process import (
+    PRIVATE_UMASK,
+    make_private,
     pid_alive,
+    private_dir,
     read_pid,
     require_free_ports,
     terminate,
     wait_until_ready,
+    write_private,
 )
 
 
 def spawn_detached(
     server: str, argv: list[str], *, cwd: Path, log_file: Path, pid_file: Path
 ) -> int:
-    """Start argv in its own session, output appended to log_file; record and return its pid."""
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    with log_file.open("ab") as log:
+    """Start argv in its own session, output appended to log_file; record and return its pid.
+
+    The server runs with a 077 umask: its data and logs are its owner's alone.
+    """
+    private_dir(log_file.parent)
+    descriptor = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(descriptor, "ab") as log:
         try:
             process = subprocess.Popen(
                 argv,
@@ -30,10 +40,11 @@ def spawn_detached(
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                umask=PRIVATE_UMASK,
             )
         except OSError as error:
             raise StackError(server, f"could not start {argv[0]}: {error}", log_file) from error
-    pid_file.write_text(f"{process.pid}\n")
+    write_private(pid_file, f"{process.pid}\n")
     return process.pid
 
 
@@ -42,6 +53,7 @@ class SpawnedServer(ABC):
 
     name: str
     host: str
+    stack_dir: Path
     root: Path
     pid_file: Path
     log_file: Path
@@ -68,26 +80,30 @@ class SpawnedServer(ABC):
         return pid if pid is not None and self._owns(pid) else None
 
     async def up(self) -> None:
-        pid = self.running_pid()
-        if pid is None:
-            require_free_ports(self.name, self.host, self._ports(), self.log_file)
-            argv = await self._prepare()
-            pid = spawn_detached(
-                self.name, argv, cwd=self.root, log_file=self.log_file, pid_file=self.pid_file
+        async with stack_lock(self.stack_dir):
+            pid = self.running_pid()
+            if pid is None:
+                require_free_ports(self.name, self.host, self._ports(), self.log_file)
+                private_dir(self.root)
+                make_private(self.root)
+                argv = await self._prepare()
+                pid = spawn_detached(
+                    self.name, argv, cwd=self.root, log_file=self.log_file, pid_file=self.pid_file
+                )
+            started = pid
+            await wait_until_ready(
+                self.name,
+                self._version,
+                timeout_s=self.start_timeout_s,
+                log_file=self.log_file,
+                still_running=lambda: pid_alive(started),
             )
-        started = pid
-        await wait_until_ready(
-            self.name,
-            self._version,
-            timeout_s=self.start_timeout_s,
-            log_file=self.log_file,
-            still_running=lambda: pid_alive(started),
-        )
 
     async def down(self) -> bool:
-        pid = self.running_pid()
-        if pid is None:
-            return False
-        await terminate(pid, timeout_s=self.stop_timeout_s)
-        self.pid_file.unlink(missing_ok=True)
-        return True
+        async with stack_lock(self.stack_dir):
+            pid = self.running_pid()
+            if pid is None:
+                return False
+            await terminate(pid, timeout_s=self.stop_timeout_s)
+            self.pid_file.unlink(missing_ok=True)
+            return True
