@@ -26,7 +26,7 @@ async def wait_until(condition: Callable[[], bool], timeout_s: float, interval_s
 
 
 async def command_calls(client: aioredis.Redis, command: str) -> int:
-    """How many times Redis has run ``command`` (INFO commandstats), to count round trips."""
+    """How many times Redis has run ``command`` (INFO commandstats, as the admin user)."""
     stats = await client.info("commandstats")
     entry = stats.get(f"cmdstat_{command}")
     return int(entry["calls"]) if entry else 0

@@ -69,16 +69,16 @@ async def cached(near: NearCache, mint: str, expected: Decimal) -> None:
 
 
 async def test_reads_are_served_locally_once_cached(
-    near: NearCache, writer: aioredis.Redis
+    near: NearCache, writer: aioredis.Redis, redis_admin: aioredis.Redis
 ) -> None:
     mint = token()
     await PriceCache(writer).set_price(mint, Decimal("1.25"))
     assert near.peek_price(mint) is None
     await cached(near, mint, Decimal("1.25"))
-    gets = await command_calls(writer, "get")
+    gets = await command_calls(redis_admin, "get")
     for _ in range(100):
         assert await near.get_price(mint) == Decimal("1.25")
-    assert await command_calls(writer, "get") == gets
+    assert await command_calls(redis_admin, "get") == gets
 
 
 async def test_a_quiet_link_keeps_the_cache_warm(near: NearCache, writer: aioredis.Redis) -> None:
@@ -93,12 +93,14 @@ async def test_a_quiet_link_keeps_the_cache_warm(near: NearCache, writer: aiored
         await asyncio.sleep(0.01)
 
 
-async def test_a_silent_link_is_not_trusted(near: NearCache, writer: aioredis.Redis) -> None:
+async def test_a_silent_link_is_not_trusted(
+    near: NearCache, writer: aioredis.Redis, redis_admin: aioredis.Redis
+) -> None:
     """A link that stops answering (as a half-open TCP connection would) turns the cache off."""
     mint = token()
     await PriceCache(writer, CacheConfig(price_ttl_ms=60_000)).set_price(mint, Decimal("3.5"))
     await cached(near, mint, Decimal("3.5"))
-    assert await writer.client_pause(3_000, all=True)
+    assert await redis_admin.client_pause(3_000, all=True)
     assert await wait_until(lambda: not near.linked, timeout_s=2.9, interval_s=0.01)
     assert near.peek_price(mint) is None
     assert len(near) == 0
@@ -188,11 +190,13 @@ async def test_deleted_or_expired_prices_are_never_served(
     assert await near.get_price(other) is None
 
 
-async def test_flushdb_empties_the_near_cache(near: NearCache, writer: aioredis.Redis) -> None:
+async def test_flushdb_empties_the_near_cache(
+    near: NearCache, writer: aioredis.Redis, redis_admin: aioredis.Redis
+) -> None:
     mint = token()
     await PriceCache(writer).set_price(mint, Decimal("5"))
     await cached(near, mint, Decimal("5"))
-    await writer.flushdb()
+    await redis_admin.flushdb()
     await near.sync()
     assert len(near) == 0
     assert await near.get_price(mint) is None
@@ -205,12 +209,12 @@ async def test_flushdb_empties_the_near_cache(near: NearCache, writer: aioredis.
 
 
 async def test_a_dropped_invalidation_link_empties_the_cache_until_it_is_back(
-    near: NearCache, writer: aioredis.Redis
+    near: NearCache, writer: aioredis.Redis, redis_admin: aioredis.Redis
 ) -> None:
     prices, mint = await cached_fresh_price(near, writer, Decimal("8"))
-    redirects = {entry.get("redir") for entry in await writer.client_list()}
+    redirects = {entry.get("redir") for entry in await redis_admin.client_list()}
     assert str(near.link_client_id) in redirects
-    assert await writer.client_kill_filter(_id=str(near.link_client_id)) == 1
+    assert await redis_admin.client_kill_filter(_id=str(near.link_client_id)) == 1
     assert await wait_until(lambda: not near.linked, timeout_s=1.0, interval_s=0.001)
     # Changes made while the link is down must not be masked by the old local copy.
     await prices.set_price(mint, Decimal("9"))

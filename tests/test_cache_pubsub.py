@@ -40,11 +40,13 @@ async def wait_subscribed(client: aioredis.Redis, channels: list[str]) -> None:
     raise AssertionError("the subscriber never subscribed")
 
 
-async def test_ten_hz_under_one_khz_input_latest_value_wins(client: aioredis.Redis) -> None:
+async def test_ten_hz_under_one_khz_input_latest_value_wins(
+    client: aioredis.Redis, redis_admin: aioredis.Redis
+) -> None:
     channels = [f"ui:test-{uuid.uuid4().hex}" for _ in range(2)]
     received: list[tuple[float, Message]] = []
     listener = asyncio.create_task(collect(client, channels, received))
-    await wait_subscribed(client, channels)
+    await wait_subscribed(redis_admin, channels)
     offered = 0
     async with CoalescingPublisher(client) as publisher:
         start = time.monotonic()

@@ -49,12 +49,12 @@ async def drain(consumer: StreamConsumer, seen: list[str]) -> None:
 
 
 async def test_fifteen_thousand_publishes_leave_about_ten_thousand(
-    client: aioredis.Redis, stream_name: str
+    client: aioredis.Redis, redis_admin: aioredis.Redis, stream_name: str
 ) -> None:
     stream = EventStream(client, stream_name)
     ids = await stream.publish_many(events(14_500))
     assert len(ids) == len(set(ids)) == 14_500
-    await client.script_flush()  # as after a restart: the batch script must be loaded again
+    await redis_admin.script_flush()  # as after a restart: the batch script must be loaded again
     await stream.publish_many(events(499))
     await stream.publish(Event(event_type="last"))
     length = await stream.length()
@@ -83,13 +83,13 @@ async def test_two_consumers_split_a_stream_without_overlap(
 
 
 async def test_entries_of_a_consumer_killed_before_acking_are_reclaimed(
-    settings: Settings, client: aioredis.Redis, stream_name: str
+    settings: Settings, client: aioredis.Redis, redis_admin: aioredis.Redis, stream_name: str
 ) -> None:
     await EventStream(client, stream_name).publish_many(events(30))
     async with open_client(settings) as doomed_client:
         doomed = StreamConsumer(doomed_client, stream_name, "workers", "doomed")
         taken = await doomed.read(block_ms=100)
-        killed = await client.client_kill_filter(_id=str(await doomed_client.client_id()))
+        killed = await redis_admin.client_kill_filter(_id=str(await doomed_client.client_id()))
         assert killed == 1
     assert len(taken) == 30
     rescuer = StreamConsumer(client, stream_name, "workers", "rescuer")

@@ -34,7 +34,7 @@ def tradestore(*args: str, env: dict[str, str] | None = None) -> subprocess.Comp
 
 
 def secrets_of(settings: Settings) -> list[str]:
-    return [settings.redis.secret(), settings.questdb.secret()] + [
+    return [settings.redis.secret(), settings.redis.admin_secret(), settings.questdb.secret()] + [
         settings.postgres.credentials(role)[1] for role in ("app", "owner", "superuser")
     ]
 

@@ -69,7 +69,7 @@ class PostgresSettings(BaseModel):
 
 
 class RedisSettings(BaseModel):
-    """Redis: one ACL user; the built-in ``default`` user is switched off."""
+    """Redis: an application user and the stack's admin user; ``default`` is switched off."""
 
     host: str = LOOPBACK
     port: Port = Field(default=56379, ge=1, le=65535)
@@ -83,6 +83,13 @@ class RedisSettings(BaseModel):
     def dsn(self) -> str:
         """A redis:// URL without the password, safe to print."""
         return f"redis://{quote(self.username)}@{self.host}:{self.port}/{self.db}"
+
+    admin_username: str = "tradestore_admin"
+    """The stack's own user (status, fault drills); the application user cannot administer."""
+    admin_password: SecretStr | None = None
+
+    def admin_secret(self) -> str:
+        return _secret_value(self.admin_password, f"Redis user {self.admin_username}")
 
 
 class QuestDBSettings(BaseModel):

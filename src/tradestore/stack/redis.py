@@ -1,4 +1,8 @@
-"""The stack's Redis: a cache, so persistence is off; one ACL user, loopback only."""
+"""The stack's Redis: a cache, so persistence is off; two ACL users, loopback only.
+
+The application user may run only the commands tradestore's cache, streams and pub/sub send,
+on its own key and channel patterns; the admin user is the stack's (status, fault drills).
+"""
 
 from __future__ import annotations
 
@@ -9,11 +13,39 @@ import redis.asyncio as aioredis
 from tradestore.errors import PrerequisiteError
 from tradestore.settings import RedisSettings, Settings
 from tradestore.stack.base import median_round_trip_ms
-from tradestore.stack.process import process_cwd
+from tradestore.stack.process import process_cwd, write_private
 from tradestore.stack.spawn import SpawnedServer
 
 NAME = "redis"
 START_TIMEOUT_S = 20.0
+
+APP_KEYS = ("price:*", "pool:*", "stream:*")
+"""``price:{token}``, ``pool:{address}``, the event streams and their dead-letter streams."""
+APP_CHANNELS = ("ui:*",)
+"""Pub/sub channels of the terminal UI."""
+APP_COMMANDS = (
+    # connection: redis-py and coredis authenticate with HELLO 3 AUTH, may select the db, ping;
+    # the near cache points its connections' tracking at its invalidation link by CLIENT ID
+    "hello auth ping select client|id client|tracking",
+    # prices and pool states: SET PX, GET, MGET; the near cache reads PTTL
+    "get set mget pttl del",
+    # transactions (a dead-lettered entry is copied and acked in one MULTI)
+    "multi exec discard",
+    # streams and consumer groups
+    "xadd xlen xrange xrevrange xreadgroup xack xautoclaim xpending xgroup|create xinfo|groups",
+    # the batch publish: a Lua loop of XADDs by EVALSHA, loaded again after a restart
+    "evalsha script|load",
+    # pub/sub
+    "publish subscribe unsubscribe",
+)
+
+
+def app_acl(username: str, password: str) -> str:
+    """The ACL rule of the application user: nothing but what tradestore sends."""
+    commands = " ".join(f"+{command}" for group in APP_COMMANDS for command in group.split())
+    keys = " ".join(f"~{pattern}" for pattern in APP_KEYS)
+    channels = " ".join(f"&{pattern}" for pattern in APP_CHANNELS)
+    return f"user {username} reset on >{password} {keys} {channels} -@all {commands}"
 
 
 def _quoted(value: object) -> str:
@@ -27,6 +59,7 @@ class RedisServer(SpawnedServer):
     def __init__(self, settings: Settings) -> None:
         self.config: RedisSettings = settings.redis
         self.host = self.config.host
+        self.stack_dir = settings.data_dir
         self.root = settings.data_dir / "redis"
         self.conf_file = self.root / "redis.conf"
         self.pid_file = self.root / "redis.pid"
@@ -49,11 +82,9 @@ class RedisServer(SpawnedServer):
             raise PrerequisiteError(
                 NAME, "redis-server not found: install Debian's redis-server (./run setup)"
             )
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.conf_file.touch(mode=0o600)
-        self.conf_file.chmod(0o600)
-        self.conf_file.write_text(
-            "# Written by tradestore on every `stack up`; it holds a password (mode 0600).\n"
+        write_private(
+            self.conf_file,
+            "# Written by tradestore on every `stack up`; it holds passwords (mode 0600).\n"
             f"bind {self.config.host}\n"
             f"port {self.config.port}\n"
             "protected-mode yes\n"
@@ -65,22 +96,32 @@ class RedisServer(SpawnedServer):
             "maxmemory 2gb\n"
             "maxmemory-policy volatile-lru\n"
             "user default off\n"
-            f"user {self.config.username} on >{self.config.secret()} ~* &* +@all\n"
+            f"user {self.config.admin_username} reset on >{self.config.admin_secret()} "
+            "~* &* +@all\n"
+            f"{app_acl(self.config.username, self.config.secret())}\n",
         )
         return [server, str(self.conf_file)]
 
-    def client(self) -> aioredis.Redis:
+    def client(self, *, admin: bool = True) -> aioredis.Redis:
+        """A short-lived client for the stack's checks, as the admin user unless told."""
+        username, password = (
+            (self.config.admin_username, self.config.admin_secret())
+            if admin
+            else (self.config.username, self.config.secret())
+        )
         return aioredis.Redis(
             host=self.config.host,
             port=self.config.port,
             db=self.config.db,
-            username=self.config.username,
-            password=self.config.secret(),
+            username=username,
+            password=password,
             socket_timeout=2.0,
             socket_connect_timeout=2.0,
         )
 
     async def _version(self) -> str:
+        async with self.client(admin=False) as app:
+            await app.ping()
         async with self.client() as client:
             info = await client.info("server")
             return str(info["redis_version"])
