@@ -94,13 +94,16 @@ def pid_alive(pid: int) -> bool:
 
 
 def read_pid(pid_file: Path) -> int | None:
-    """The pid in the first line of a pid file, if it names a live process."""
+    """The pid in the first line of a pid file, if it names a live process.
+
+    A negative number (PostgreSQL's single-user backend, while initdb runs) names none.
+    """
     try:
         first_line = pid_file.read_text().splitlines()[0].strip()
         pid = int(first_line)
     except (OSError, IndexError, ValueError):
         return None
-    return pid if pid_alive(pid) else None
+    return pid if pid > 0 and pid_alive(pid) else None
 
 
 def process_cwd(pid: int) -> Path | None:
