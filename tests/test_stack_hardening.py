@@ -11,12 +11,14 @@ import shutil
 import stat
 import sys
 import tempfile
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import asyncpg
 import psutil
 import pytest
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from tests.conftest import free_port_base, stack_overrides
@@ -28,6 +30,8 @@ from tradestore.stack.credentials import ensure_credentials
 from tradestore.stack.lock import stack_lock
 from tradestore.stack.postgres import SYSTEM_USER, PostgresServer, cluster_root
 from tradestore.stack.process import running_as_root, system_user_ids
+from tradestore.stack.redis import RedisServer
+from tradestore.stack.spawn import spawn_detached
 
 pytestmark = pytest.mark.lifecycle
 
@@ -200,6 +204,56 @@ async def test_postgresql_starts_from_a_checkout_only_root_can_enter() -> None:
         await postgres.down()
         shutil.rmtree(cluster_root(data_dir), ignore_errors=True)
         shutil.rmtree(parent, ignore_errors=True)
+
+
+async def test_up_restarts_a_redis_an_older_version_started_as_an_administrator(
+    fresh_stack: LocalStack,
+) -> None:
+    settings = ensure_credentials(fresh_stack.settings)
+    server = RedisServer(settings)
+    await server.up()
+    first = server.running_pid()
+    await server.up()
+    assert server.running_pid() == first, "a current configuration is reused"
+
+    # What an older version ran: the application user allowed everything, no admin user.
+    older = server.conf_file.read_text().splitlines()
+    older = [line for line in older if not line.startswith("user ")] + [
+        f"user {settings.redis.username} on >{settings.redis.secret()} ~* &* +@all"
+    ]
+    await server.down()
+    server.conf_file.write_text("\n".join(older) + "\n")
+    spawn_detached(
+        "redis",
+        [str(shutil.which("redis-server")), str(server.conf_file)],
+        cwd=server.root,
+        log_file=server.log_file,
+        pid_file=server.pid_file,
+    )
+    async with server.client(admin=False) as app:
+        assert await wait_until_answers(app.ping)
+        assert await app.execute_command(  # type: ignore[no-untyped-call]
+            "ACL", "DRYRUN", settings.redis.username, "FLUSHALL"
+        ) in (b"OK", "OK")
+
+    await server.up()
+    assert server.running_pid() not in (None, first)
+    async with server.client() as admin:
+        verdict = await admin.execute_command(  # type: ignore[no-untyped-call]
+            "ACL", "DRYRUN", settings.redis.username, "FLUSHALL"
+        )
+    assert b"no permissions" in verdict
+
+
+async def wait_until_answers(probe: Callable[[], Awaitable[object]]) -> bool:
+    for _ in range(100):
+        try:
+            await probe()
+        except (ConnectionError, RedisConnectionError):
+            await asyncio.sleep(0.05)
+            continue
+        return True
+    return False
 
 
 REFUSED_TO_THE_APP_USER = [

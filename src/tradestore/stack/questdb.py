@@ -23,7 +23,7 @@ import asyncpg
 from tradestore.errors import DownloadError, PrerequisiteError
 from tradestore.settings import QuestDBSettings, Settings
 from tradestore.stack.base import median_round_trip_ms
-from tradestore.stack.process import private_dir, process_cmdline, run_command, write_private
+from tradestore.stack.process import process_cmdline, run_command
 from tradestore.stack.spawn import SpawnedServer
 
 NAME = "questdb"
@@ -150,13 +150,12 @@ class QuestDBServer(SpawnedServer):
     def _ports(self) -> list[int]:
         return [self.config.http_port, self.config.pg_port, self.config.min_http_port]
 
-    def _write_config(self) -> None:
-        conf = private_dir(self.root / "conf") / "server.conf"
+    def _config(self) -> tuple[Path, str]:
         host = self.config.host
         secret = self.config.secret()
-        write_private(
-            conf,
-            "# Written by tradestore on every `stack up`; it holds passwords (mode 0600).\n"
+        return (
+            self.root / "conf" / "server.conf",
+            "# Written by tradestore when it starts the server; it holds passwords (mode 0600).\n"
             f"http.net.bind.to={host}:{self.config.http_port}\n"
             f"http.user={self.config.user}\n"
             f"http.password={secret}\n"
@@ -214,10 +213,9 @@ class QuestDBServer(SpawnedServer):
         match = _VERSION_IN_BUILD.search(build)
         return match.group(1) if match else build
 
-    async def _prepare(self) -> list[str]:
+    async def _command(self) -> list[str]:
         java, _ = find_java(self.config)
         jar = await fetch_questdb_jar(self.log_file)
-        self._write_config()
         return [
             str(java),
             f"-Xms{min(256, self.config.heap_mb)}m",

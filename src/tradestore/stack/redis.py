@@ -7,13 +7,14 @@ on its own key and channel patterns; the admin user is the stack's (status, faul
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import redis.asyncio as aioredis
 
 from tradestore.errors import PrerequisiteError
 from tradestore.settings import RedisSettings, Settings
 from tradestore.stack.base import median_round_trip_ms
-from tradestore.stack.process import process_cwd, write_private
+from tradestore.stack.process import process_cwd
 from tradestore.stack.spawn import SpawnedServer
 
 NAME = "redis"
@@ -76,15 +77,9 @@ class RedisServer(SpawnedServer):
     def _ports(self) -> list[int]:
         return [self.config.port]
 
-    async def _prepare(self) -> list[str]:
-        server = shutil.which("redis-server")
-        if server is None:
-            raise PrerequisiteError(
-                NAME, "redis-server not found: install Debian's redis-server (./run setup)"
-            )
-        write_private(
-            self.conf_file,
-            "# Written by tradestore on every `stack up`; it holds passwords (mode 0600).\n"
+    def _config(self) -> tuple[Path, str]:
+        return self.conf_file, (
+            "# Written by tradestore when it starts the server; it holds passwords (mode 0600).\n"
             f"bind {self.config.host}\n"
             f"port {self.config.port}\n"
             "protected-mode yes\n"
@@ -98,8 +93,15 @@ class RedisServer(SpawnedServer):
             "user default off\n"
             f"user {self.config.admin_username} reset on >{self.config.admin_secret()} "
             "~* &* +@all\n"
-            f"{app_acl(self.config.username, self.config.secret())}\n",
+            f"{app_acl(self.config.username, self.config.secret())}\n"
         )
+
+    async def _command(self) -> list[str]:
+        server = shutil.which("redis-server")
+        if server is None:
+            raise PrerequisiteError(
+                NAME, "redis-server not found: install Debian's redis-server (./run setup)"
+            )
         return [server, str(self.conf_file)]
 
     def client(self, *, admin: bool = True) -> aioredis.Redis:

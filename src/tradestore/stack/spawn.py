@@ -68,8 +68,12 @@ class SpawnedServer(ABC):
     def _ports(self) -> list[int]: ...
 
     @abstractmethod
-    async def _prepare(self) -> list[str]:
-        """Check prerequisites and write the configuration; return the command to run."""
+    def _config(self) -> tuple[Path, str]:
+        """The configuration file and what it must hold now (passwords included)."""
+
+    @abstractmethod
+    async def _command(self) -> list[str]:
+        """Check prerequisites; return the command that runs the server."""
 
     @abstractmethod
     async def _version(self) -> str:
@@ -80,13 +84,23 @@ class SpawnedServer(ABC):
         return pid if pid is not None and self._owns(pid) else None
 
     async def up(self) -> None:
+        """Start if stopped; restart a running server whose configuration is out of date.
+
+        A server an older version started keeps its old configuration (Redis' users, say)
+        until it restarts: ``up`` applies the new one rather than reuse it as it is.
+        """
         async with stack_lock(self.stack_dir):
             pid = self.running_pid()
+            config_file, config = self._config()
+            if pid is not None and not _holds(config_file, config):
+                await self._stop(pid)
+                pid = None
             if pid is None:
                 require_free_ports(self.name, self.host, self._ports(), self.log_file)
                 private_dir(self.root)
                 make_private(self.root)
-                argv = await self._prepare()
+                argv = await self._command()
+                write_private(private_dir(config_file.parent) / config_file.name, config)
                 pid = spawn_detached(
                     self.name, argv, cwd=self.root, log_file=self.log_file, pid_file=self.pid_file
                 )
@@ -99,11 +113,21 @@ class SpawnedServer(ABC):
                 still_running=lambda: pid_alive(started),
             )
 
+    async def _stop(self, pid: int) -> None:
+        await terminate(pid, timeout_s=self.stop_timeout_s)
+        self.pid_file.unlink(missing_ok=True)
+
     async def down(self) -> bool:
         async with stack_lock(self.stack_dir):
             pid = self.running_pid()
             if pid is None:
                 return False
-            await terminate(pid, timeout_s=self.stop_timeout_s)
-            self.pid_file.unlink(missing_ok=True)
+            await self._stop(pid)
             return True
+
+
+def _holds(path: Path, text: str) -> bool:
+    try:
+        return path.read_text() == text
+    except OSError:
+        return False
