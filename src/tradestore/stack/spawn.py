@@ -91,8 +91,7 @@ class SpawnedServer(ABC):
         """
         async with stack_lock(self.stack_dir):
             pid = self.running_pid()
-            config_file, config = self._config()
-            if pid is not None and not _holds(config_file, config):
+            if pid is not None and not _holds(*self._config()):
                 await self._stop(pid)
                 pid = None
             if pid is None:
@@ -100,6 +99,7 @@ class SpawnedServer(ABC):
                 private_dir(self.root)
                 make_private(self.root)
                 argv = await self._command()
+                config_file, config = self._config()
                 write_private(private_dir(config_file.parent) / config_file.name, config)
                 pid = spawn_detached(
                     self.name, argv, cwd=self.root, log_file=self.log_file, pid_file=self.pid_file
