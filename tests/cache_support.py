@@ -30,13 +30,21 @@ async def redis_client(settings: Settings) -> AsyncIterator[aioredis.Redis]:
         yield client
 
 
+@pytest.fixture
+async def redis_admin(settings: Settings) -> AsyncIterator[aioredis.Redis]:
+    """The stack's Redis admin user: what the application user may not do (inspect, break)."""
+    arguments = settings.redis.connect_arguments(admin=True)
+    async with aioredis.Redis(**arguments, protocol=3, decode_responses=True) as client:
+        yield client
+
+
 def token() -> str:
     """A fresh valid address, so tests never share keys."""
     return str(Keypair().pubkey())
 
 
 async def command_calls(client: aioredis.Redis, command: str) -> int:
-    """How many times Redis has run ``command`` (INFO commandstats), to count round trips."""
+    """How many times Redis has run ``command`` (INFO commandstats, as the admin user)."""
     stats = await client.info("commandstats")
     entry = stats.get(f"cmdstat_{command}")
     return int(entry["calls"]) if entry else 0

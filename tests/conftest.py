@@ -2,15 +2,16 @@
 
 The test stack lives in ``.tradestore/test-stack`` (or ``TRADESTORE_TEST_DATA_DIR``) on ports
 from ``TRADESTORE_TEST_PORT_BASE`` (default 24400, below the kernel's ephemeral port range), so
-it never touches the development stack. Every store's schema is applied once per session, as
-``tradestore init`` does: stores open as the application role and never migrate by themselves.
-A server that cannot start fails the session; nothing is skipped.
+it never touches the development stack. A server that cannot start fails the session; nothing
+is skipped.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,17 +22,14 @@ from tradestore.cache import apply_schema as apply_redis_schema
 from tradestore.relational import apply_schema as apply_postgres_schema
 from tradestore.settings import Settings
 from tradestore.stack import LocalStack
+from tradestore.stack.postgres import cluster_root
+from tradestore.stack.process import port_is_free
 from tradestore.timeseries import apply_schema as apply_questdb_schema
 
 pytest_plugins = ("tests.support", "tests.cache_support")
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_PORT_BASE = 24400
-
-
-def port_base() -> int:
-    """The first of the ports this session may use (the stack takes the next five)."""
-    return int(os.environ.get("TRADESTORE_TEST_PORT_BASE", DEFAULT_PORT_BASE))
 
 
 def stack_overrides(data_dir: Path, base: int) -> dict[str, Any]:
@@ -47,6 +45,41 @@ def stack_overrides(data_dir: Path, base: int) -> dict[str, Any]:
             "heap_mb": 512,
         },
     }
+
+
+def port_base() -> int:
+    """The test stack uses base+1..base+5; lifecycle tests build stacks further up, below +100."""
+    return int(os.environ.get("TRADESTORE_TEST_PORT_BASE", DEFAULT_PORT_BASE))
+
+
+def free_port_base(span: int = 6) -> int:
+    """A base above the test stack's whose next ports are free, inside base+10..base+99."""
+    first = port_base() + 10
+    for base in range(first, first + 90 - span, 10):
+        if all(port_is_free("127.0.0.1", base + offset) for offset in range(1, span)):
+            return base
+    raise RuntimeError("no free ports for a lifecycle stack")
+
+
+@pytest.fixture
+def fresh_data_dir() -> Iterator[Path]:
+    """An empty data directory (0700, as the stack makes it), removed with its cluster after."""
+    scratch = REPO / ".tradestore"
+    scratch.mkdir(exist_ok=True)
+    path = Path(tempfile.mkdtemp(prefix="lifecycle-", dir=scratch))
+    yield path
+    shutil.rmtree(cluster_root(path), ignore_errors=True)  # under ~postgres when run as root
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest_asyncio.fixture
+async def fresh_stack(fresh_data_dir: Path) -> AsyncIterator[LocalStack]:
+    """A stack of its own in fresh_data_dir on free ports, not started; stopped after."""
+    local = LocalStack(Settings(**stack_overrides(fresh_data_dir, free_port_base())))
+    try:
+        yield local
+    finally:
+        await local.down()
 
 
 @pytest.fixture(scope="session")

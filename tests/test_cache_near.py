@@ -71,16 +71,16 @@ async def cached(near: NearCache, mint: str, expected: Decimal) -> None:
 
 
 async def test_reads_are_served_locally_once_cached(
-    near: NearCache, cache: CacheStore, redis_client: aioredis.Redis
+    near: NearCache, cache: CacheStore, redis_admin: aioredis.Redis
 ) -> None:
     mint = token()
     await cache.prices.set_price(mint, Decimal("1.25"))
     assert near.peek_price(mint) is None
     await cached(near, mint, Decimal("1.25"))
-    gets = await command_calls(redis_client, "get")
+    gets = await command_calls(redis_admin, "get")
     for _ in range(100):
         assert await near.get_price(mint) == Decimal("1.25")
-    assert await command_calls(redis_client, "get") == gets
+    assert await command_calls(redis_admin, "get") == gets
 
 
 async def test_a_quiet_link_keeps_the_cache_warm(settings: Settings, near: NearCache) -> None:
@@ -96,13 +96,13 @@ async def test_a_quiet_link_keeps_the_cache_warm(settings: Settings, near: NearC
 
 
 async def test_a_silent_link_is_not_trusted(
-    settings: Settings, near: NearCache, redis_client: aioredis.Redis
+    settings: Settings, near: NearCache, redis_admin: aioredis.Redis
 ) -> None:
     """A link that stops answering (as a half-open TCP connection would) turns the cache off."""
     mint = token()
     await set_price_with_ttl(settings, mint, Decimal("3.5"), 60_000)
     await cached(near, mint, Decimal("3.5"))
-    assert await redis_client.client_pause(3_000, all=True)
+    assert await redis_admin.client_pause(3_000, all=True)
     assert await wait_until(lambda: not near.linked, timeout_s=2.9, interval_s=0.01)
     assert near.peek_price(mint) is None
     assert len(near) == 0
@@ -192,12 +192,12 @@ async def test_deleted_or_expired_prices_are_never_served(
 
 
 async def test_flushdb_empties_the_near_cache(
-    near: NearCache, cache: CacheStore, redis_client: aioredis.Redis
+    near: NearCache, cache: CacheStore, redis_admin: aioredis.Redis
 ) -> None:
     mint = token()
     await cache.prices.set_price(mint, Decimal("5"))
     await cached(near, mint, Decimal("5"))
-    await redis_client.flushdb()
+    await redis_admin.flushdb()
     await near.sync()
     assert len(near) == 0
     assert await near.get_price(mint) is None
@@ -210,12 +210,12 @@ async def test_flushdb_empties_the_near_cache(
 
 
 async def test_a_dropped_invalidation_link_empties_the_cache_until_it_is_back(
-    near: NearCache, cache: CacheStore, redis_client: aioredis.Redis
+    near: NearCache, cache: CacheStore, redis_admin: aioredis.Redis
 ) -> None:
     prices, mint = await cached_fresh_price(near, cache, Decimal("8"))
-    redirects = {entry.get("redir") for entry in await redis_client.client_list()}
+    redirects = {entry.get("redir") for entry in await redis_admin.client_list()}
     assert str(near.link_client_id) in redirects
-    assert await redis_client.client_kill_filter(_id=str(near.link_client_id)) == 1
+    assert await redis_admin.client_kill_filter(_id=str(near.link_client_id)) == 1
     assert await wait_until(lambda: not near.linked, timeout_s=1.0, interval_s=0.001)
     # Changes made while the link is down must not be masked by the old local copy.
     await prices.set_price(mint, Decimal("9"))

@@ -78,16 +78,16 @@ async def test_a_miss_is_none(cache: CacheStore) -> None:
 
 
 async def test_batches_take_one_round_trip_and_report_misses(
-    cache: CacheStore, redis_client: aioredis.Redis
+    cache: CacheStore, redis_admin: aioredis.Redis
 ) -> None:
     prices = {token(): Decimal(f"{index}.25") for index in range(1, 51)}
     absent = token()
     await cache.prices.set_prices(prices)
-    mgets = await command_calls(redis_client, "mget")
-    gets = await command_calls(redis_client, "get")
+    mgets = await command_calls(redis_admin, "mget")
+    gets = await command_calls(redis_admin, "get")
     read = await cache.prices.get_prices([*prices, absent])
-    assert await command_calls(redis_client, "mget") == mgets + 1
-    assert await command_calls(redis_client, "get") == gets
+    assert await command_calls(redis_admin, "mget") == mgets + 1
+    assert await command_calls(redis_admin, "get") == gets
     assert read == {**prices, absent: None}
 
 

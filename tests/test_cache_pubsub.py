@@ -31,12 +31,12 @@ async def subscribed(client: aioredis.Redis, channels: list[str]) -> bool:
 
 
 async def test_ten_hz_under_one_khz_input_latest_value_wins(
-    cache: CacheStore, redis_client: aioredis.Redis
+    cache: CacheStore, redis_admin: aioredis.Redis
 ) -> None:
     channels = [f"ui:test-{uuid.uuid4().hex}" for _ in range(2)]
     received: list[tuple[float, Message]] = []
     listener = asyncio.create_task(collect(cache, channels, received))
-    is_subscribed = await wait_for(lambda: subscribed(redis_client, channels), True, 2.0)
+    is_subscribed = await wait_for(lambda: subscribed(redis_admin, channels), True, 2.0)
     assert is_subscribed, "the subscriber never subscribed"
     offered = 0
     async with cache.publisher() as publisher:

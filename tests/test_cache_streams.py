@@ -36,18 +36,18 @@ async def drain(consumer: StreamConsumer, seen: list[str]) -> None:
 
 
 async def test_fifteen_thousand_publishes_leave_about_ten_thousand(
-    cache: CacheStore, redis_client: aioredis.Redis, stream_name: str
+    cache: CacheStore, redis_admin: aioredis.Redis, stream_name: str
 ) -> None:
     stream = cache.stream(stream_name)
     ids = await stream.publish_many(events(14_500))
     assert len(ids) == len(set(ids)) == 14_500
-    await redis_client.script_flush()  # as after a restart: the batch script must be loaded again
+    await redis_admin.script_flush()  # as after a restart: the batch script must be loaded again
     await stream.publish_many(events(499))
     await stream.publish(Event(event_type="last"))
     length = await stream.length()
     # MAXLEN ~ trims whole nodes (100 entries each by default): never below the cap.
     assert 10_000 <= length <= 10_100
-    last: list[tuple[str, dict[str, str]]] = await redis_client.xrevrange(stream_name, count=1)  # type: ignore[assignment]
+    last: list[tuple[str, dict[str, str]]] = await redis_admin.xrevrange(stream_name, count=1)  # type: ignore[assignment]
     assert last[0][1]["event_type"] == "last"
 
 
@@ -70,7 +70,7 @@ async def test_two_consumers_split_a_stream_without_overlap(
 
 
 async def test_entries_of_a_consumer_killed_before_acking_are_reclaimed(
-    settings: Settings, cache: CacheStore, redis_client: aioredis.Redis, stream_name: str
+    settings: Settings, cache: CacheStore, redis_admin: aioredis.Redis, stream_name: str
 ) -> None:
     await cache.stream(stream_name).publish_many(events(30))
     async with CacheStore.open(settings) as doomed_process:
@@ -79,10 +79,10 @@ async def test_entries_of_a_consumer_killed_before_acking_are_reclaimed(
         # Its connection is the newest to have read (Redis numbers connections in order).
         doomed_id = max(
             int(entry["id"])
-            for entry in await redis_client.client_list()
+            for entry in await redis_admin.client_list()
             if entry["cmd"] == "xreadgroup"
         )
-        killed = await redis_client.client_kill_filter(_id=str(doomed_id))
+        killed = await redis_admin.client_kill_filter(_id=str(doomed_id))
         assert killed == 1
     assert len(taken) == 30
     rescuer = cache.consumer(stream_name, "workers", "rescuer")
@@ -93,7 +93,7 @@ async def test_entries_of_a_consumer_killed_before_acking_are_reclaimed(
     assert [event.id for event in reclaimed] == [event.id for event in taken]
     assert reclaimed == taken
     assert await rescuer.ack(reclaimed) == 30
-    assert (await redis_client.xpending(stream_name, "workers"))["pending"] == 0
+    assert (await redis_admin.xpending(stream_name, "workers"))["pending"] == 0
 
 
 async def test_malformed_entries_go_to_the_dead_letter_stream_and_never_block(

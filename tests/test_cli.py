@@ -18,7 +18,7 @@ from tradestore.timeseries.schema import LEDGER, STEPS, TABLES
 
 
 def secrets_of(settings: Settings) -> list[str]:
-    return [settings.redis.secret(), settings.questdb.secret()] + [
+    return [settings.redis.secret(), settings.redis.admin_secret(), settings.questdb.secret()] + [
         settings.postgres.credentials(role)[1] for role in ("app", "owner", "superuser")
     ]
 

@@ -73,10 +73,31 @@ def test_generated_credentials_are_private_stable_and_complete(tmp_path: Path) -
     for role in ("app", "owner", "superuser"):
         _user, password = second.postgres.credentials(role)
         assert len(password) >= 24
-    passwords = {second.redis.secret(), second.questdb.secret()} | {
-        second.postgres.credentials(role)[1] for role in ("app", "owner", "superuser")
+    passwords = {
+        second.redis.secret(),
+        second.redis.admin_secret(),
+        second.questdb.secret(),
+    } | {second.postgres.credentials(role)[1] for role in ("app", "owner", "superuser")}
+    assert len(passwords) == 6, "every role gets its own password"
+
+
+def test_an_older_credentials_file_gains_only_the_missing_passwords(tmp_path: Path) -> None:
+    older = {
+        "postgres": {"superuser_password": "s", "owner_password": "o", "app_password": "a"},
+        "redis": {"password": "r"},
+        "questdb": {"password": "q"},
     }
-    assert len(passwords) == 5, "every role gets its own password"
+    path = tmp_path / "credentials.json"
+    path.write_text(json.dumps(older))
+    settings = ensure_credentials(Settings(data_dir=tmp_path))
+    stored = json.loads(path.read_text())
+    admin = stored["redis"].pop("admin_password")
+    assert stored == older, "a password already given is never replaced"
+    assert len(admin) >= 24
+    assert settings.redis.admin_secret() == admin
+    assert settings.redis.secret() == "r"
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert [p.name for p in tmp_path.iterdir()] == ["credentials.json"]
 
 
 def test_secrets_never_show_in_repr_dump_or_dsn(tmp_path: Path) -> None:

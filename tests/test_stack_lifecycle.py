@@ -7,56 +7,29 @@ shared test stack is never disturbed.
 from __future__ import annotations
 
 import asyncio
-import shutil
-import socket
-import tempfile
-from collections.abc import AsyncIterator, Iterator
+import contextlib
+import os
+import re
+import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import asyncpg
 import pytest
-import pytest_asyncio
 import redis.asyncio as aioredis
 from questdb import Sender, TimestampNanos
 from redis.exceptions import AuthenticationError, ResponseError
 
-from tests.conftest import REPO, port_base, stack_overrides
-from tests.support import postgres, wait_until
+from tests.conftest import free_port_base, stack_overrides
+from tests.support import postgres
 from tradestore.errors import PortInUseError, PrerequisiteError
 from tradestore.settings import Role, Settings
 from tradestore.stack import LocalStack
-from tradestore.stack.process import port_is_free
+from tradestore.stack.postgres import cluster_root
+from tradestore.stack.process import port_is_free, running_as_root
 
 pytestmark = pytest.mark.lifecycle
-
-
-def free_port_base(span: int = 6) -> int:
-    """A base for a stack of its own: past the test stack's ports, within the hundred this
-    session may use, the first whose next `span` ports are all free."""
-    session = port_base()
-    for base in range(session + 10, session + 100 - span, 10):
-        if all(port_is_free("127.0.0.1", base + offset) for offset in range(1, span)):
-            return base
-    raise RuntimeError("no free ports for a lifecycle stack")
-
-
-@pytest.fixture
-def fresh_data_dir() -> Iterator[Path]:
-    scratch = REPO / ".tradestore"
-    scratch.mkdir(exist_ok=True)
-    path = Path(tempfile.mkdtemp(prefix="lifecycle-", dir=scratch))
-    path.chmod(0o755)  # the cluster's owner (postgres, when running as root) must reach it
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest_asyncio.fixture
-async def fresh_stack(fresh_data_dir: Path) -> AsyncIterator[LocalStack]:
-    local = LocalStack(Settings(**stack_overrides(fresh_data_dir, free_port_base())))
-    try:
-        yield local
-    finally:
-        await local.down()
 
 
 async def pids(local: LocalStack) -> dict[str, int | None]:
@@ -85,6 +58,12 @@ async def test_up_from_nothing_then_up_again_down_and_restart(fresh_stack: Local
     async with postgres(settings, "owner") as connection:
         await connection.execute("CREATE TABLE survives (value int)")
         await connection.execute("INSERT INTO survives VALUES (7)")
+    # Files each server makes after it started: a QuestDB table, a Redis key.
+    with Sender.from_conf(settings.questdb.ilp_conf()) as sender:
+        sender.row("privacy_probe", columns={"value": 1.0}, at=TimestampNanos.now())
+    async with fresh_stack.server("redis").client(admin=False) as app:  # type: ignore[attr-defined]
+        await app.set("price:probe", "1", px=1000)
+    assert_unreadable_by_others(settings.data_dir)
 
     await fresh_stack.up()
     assert await pids(fresh_stack) == first, "a second up must reuse the running servers"
@@ -101,34 +80,90 @@ async def test_up_from_nothing_then_up_again_down_and_restart(fresh_stack: Local
     assert [s.running for s in await fresh_stack.status()] == [False, False, False]
 
     # Restart from the same directory: same credentials, data kept.
-    base = settings.postgres.port - 1
-    again = LocalStack(Settings(**stack_overrides(settings.data_dir, base)))
+    port_base = settings.postgres.port - 1
+    again = LocalStack(Settings(**stack_overrides(settings.data_dir, port_base)))
     await again.up()
     assert again.settings.redis.secret() == settings.redis.secret()
     async with postgres(again.settings, "app") as connection:
         assert await connection.fetchval("SELECT value FROM survives") == 7
 
 
+def stack_paths(data_dir: Path) -> list[Path]:
+    """Every directory and file of a stack (its PostgreSQL cluster included), no symlink."""
+    found: list[Path] = []
+    for root in {data_dir, cluster_root(data_dir).resolve()}:
+        for directory, _subdirs, files in os.walk(root):
+            for path in (Path(directory), *(Path(directory) / name for name in files)):
+                with contextlib.suppress(FileNotFoundError):  # QuestDB rotates WAL files
+                    if not path.is_symlink():
+                        found.append(path)
+    return found
+
+
+PROBE_AS_OTHER_USER = """
+while read -r path; do
+  if [ -d "$path" ]; then ls "$path" >/dev/null 2>&1 && echo "$path"
+  else head -c 1 "$path" >/dev/null 2>&1 && echo "$path"; fi
+done
+exit 0
+"""
+"""Prints each path (one a line on stdin) that its user can list or read."""
+
+
+def assert_unreadable_by_others(data_dir: Path) -> None:
+    """No mode lets group or world in, and another user really opens nothing.
+
+    The one exception to the modes: files QuestDB makes itself. Its native code sets umask 002
+    and creates table files 0644 whatever the umask it was started with (see stack/questdb.py),
+    so the 0700 directories above them keep others out. The stack's own files there are 0600.
+    """
+    questdb = data_dir / "questdb"
+    written_by_the_stack = {questdb / "questdb.log", questdb / "questdb.pid"}
+    written_by_the_stack.add(questdb / "conf" / "server.conf")
+    paths = stack_paths(data_dir)
+    exposed = []
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):
+            mode = path.lstat().st_mode
+            questdbs_own = stat.S_ISREG(mode) and questdb in path.parents
+            if mode & 0o077 and (path in written_by_the_stack or not questdbs_own):
+                exposed.append(f"{stat.filemode(mode)} {path}")
+    assert not exposed, exposed
+    assert any(questdb / "db" in path.parents for path in paths), "QuestDB wrote no table"
+    if running_as_root():
+        probe = subprocess.run(
+            ["runuser", "-u", "nobody", "--", "sh", "-c", PROBE_AS_OTHER_USER],
+            input="\n".join(str(path) for path in paths),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert probe.returncode == 0, probe.stderr
+        assert probe.stdout == "", f"another user could open:\n{probe.stdout}"
+
+
 async def test_each_server_answers_only_with_the_generated_credentials(
-    stack: LocalStack,
+    stack: LocalStack, redis_admin: aioredis.Redis
 ) -> None:
     settings = stack.settings
     roles: tuple[Role, ...] = ("app", "owner")
     for role in roles:
         async with postgres(settings, role) as connection:
-            user = await connection.fetchval("SELECT current_user")
-            assert user == settings.postgres.credentials(role)[0]
+            current = await connection.fetchval("SELECT current_user")
+            assert current == settings.postgres.credentials(role)[0]
     with pytest.raises(asyncpg.InvalidPasswordError):
-        await asyncpg.connect(**settings.postgres.connect_arguments("app") | {"password": "wrong"})
+        await asyncpg.connect(
+            **settings.postgres.connect_arguments() | {"password": "wrong"},
+        )
 
     async with aioredis.Redis(**settings.redis.connect_arguments()) as client:
-        await client.set("lifecycle:probe", "1", px=1000)
-        assert await client.get("lifecycle:probe") == b"1"
-        assert await client.config_get("save") == {"save": ""}
-        assert await client.config_get("appendonly") == {"appendonly": "no"}
-    anonymous_arguments = settings.redis.connect_arguments() | {"username": None, "password": None}
+        await client.set("price:lifecycle-probe", "1", px=1000)
+        assert await client.get("price:lifecycle-probe") == b"1"
+    assert await redis_admin.config_get("save") == {"save": ""}
+    assert await redis_admin.config_get("appendonly") == {"appendonly": "no"}
     with pytest.raises((AuthenticationError, ResponseError)):
-        async with aioredis.Redis(**anonymous_arguments) as anonymous:
+        async with aioredis.Redis(host=settings.redis.host, port=settings.redis.port) as anonymous:
             await anonymous.ping()
 
     questdb = stack.server("questdb")
@@ -160,14 +195,15 @@ async def test_a_port_held_by_a_foreign_server_is_a_clear_error(fresh_stack: Loc
         stderr=asyncio.subprocess.DEVNULL,
     )
     try:
-        taken = await wait_until(
-            lambda: not port_is_free("127.0.0.1", settings.redis.port), 5.0, 0.05
-        )
-        assert taken, "the foreign server never listened"
+        for _ in range(100):
+            if not port_is_free("127.0.0.1", settings.redis.port):
+                break
+            await asyncio.sleep(0.05)
         with pytest.raises(PortInUseError) as caught:
             await fresh_stack.up()
         assert caught.value.server == "redis"
         assert str(settings.redis.port) in str(caught.value)
+        assert f"pid {foreign.pid} (redis-server, listening)" in caught.value.reason
         assert caught.value.log_file == settings.data_dir / "redis" / "redis.log"
         assert fresh_stack.server("redis").running_pid() is None
         await fresh_stack.down()
@@ -177,18 +213,39 @@ async def test_a_port_held_by_a_foreign_server_is_a_clear_error(fresh_stack: Loc
         await asyncio.wait_for(foreign.wait(), 10)
 
 
-async def test_a_port_held_by_any_socket_is_refused_before_starting(
+HOLD_PORT = """
+import socket, sys, time
+holder = socket.socket()
+holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+holder.bind(("127.0.0.1", int(sys.argv[1])))
+holder.listen()
+print("listening", flush=True)
+time.sleep(120)
+"""
+
+
+async def test_a_port_held_by_any_socket_is_refused_naming_its_holder(
     fresh_stack: LocalStack,
 ) -> None:
     settings = fresh_stack.settings
-    with socket.socket() as holder:
-        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        holder.bind(("127.0.0.1", settings.questdb.pg_port))
-        holder.listen()
+    holder = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        HOLD_PORT,
+        str(settings.questdb.pg_port),
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert holder.stdout is not None
+        assert await asyncio.wait_for(holder.stdout.readline(), 30) == b"listening\n"
         with pytest.raises(PortInUseError) as caught:
             await fresh_stack.server("questdb").up()
+    finally:
+        holder.kill()
+        await holder.wait()
     assert caught.value.server == "questdb"
-    assert str(settings.questdb.pg_port) in caught.value.reason
+    assert f"port 127.0.0.1:{settings.questdb.pg_port} is taken by pid" in caught.value.reason
+    assert re.search(rf"pid {holder.pid} \(python[0-9.]*, listening\)", caught.value.reason)
 
 
 async def test_a_missing_java_is_named(fresh_data_dir: Path) -> None:

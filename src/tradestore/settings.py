@@ -130,13 +130,17 @@ class PostgresSettings(StoreSettings):
 
 
 class RedisSettings(StoreSettings):
-    """Redis: one ACL user (the built-in ``default`` user is off), key TTLs, streams, pub/sub."""
+    """Redis: an application user and the stack's admin user (``default`` is switched off),
+    key TTLs, streams, pub/sub."""
 
     host: str = LOOPBACK
     port: Port = _port(26379)
     db: int = Field(default=0, ge=0)
     username: str = "tradestore"
     password: SecretStr | None = None
+    admin_username: str = "tradestore_admin"
+    """The stack's own user (status, fault drills); the application user cannot administer."""
+    admin_password: SecretStr | None = None
     connect_timeout_s: Seconds = Field(default=2.0, gt=0)
     command_timeout_s: Seconds = Field(default=5.0, gt=0)
     """Socket timeout of every command; blocking stream reads stay a second under it."""
@@ -180,14 +184,18 @@ class RedisSettings(StoreSettings):
     def secret(self) -> str:
         return _secret_value(self.password, f"Redis user {self.username}")
 
-    def connect_arguments(self) -> dict[str, Any]:
-        """redis-py's connection arguments, the password included."""
+    def admin_secret(self) -> str:
+        return _secret_value(self.admin_password, f"Redis user {self.admin_username}")
+
+    def connect_arguments(self, *, admin: bool = False) -> dict[str, Any]:
+        """redis-py's connection arguments as the application user (or the stack's admin), the
+        password included."""
         return {
             "host": self.host,
             "port": self.port,
             "db": self.db,
-            "username": self.username,
-            "password": self.secret(),
+            "username": self.admin_username if admin else self.username,
+            "password": self.admin_secret() if admin else self.secret(),
             "socket_timeout": self.command_timeout_s,
             "socket_connect_timeout": self.connect_timeout_s,
         }

@@ -47,7 +47,7 @@ def _progress_callback(progress: Progress) -> ServerCallback:
     tasks: dict[str, TaskID] = {}
 
     def on_event(server: str, event: str) -> None:
-        finished = event in ("ready", "stopped", "failed")
+        finished = event in ("ready", "stopped", "failed", "locked")
         if server not in tasks:
             tasks[server] = progress.add_task(f"{server}: {event}", total=1)
         progress.update(tasks[server], description=f"{server}: {event}", completed=int(finished))

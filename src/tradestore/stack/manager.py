@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 
 from tradestore.errors import StackError
 from tradestore.settings import Settings
 from tradestore.stack.base import ManagedServer, ServerStatus, server_status
 from tradestore.stack.credentials import ensure_credentials
+from tradestore.stack.lock import stack_lock
 from tradestore.stack.postgres import PostgresServer
 from tradestore.stack.questdb import QuestDBServer
 from tradestore.stack.redis import RedisServer
 
 ServerCallback = Callable[[str, str], None]
 """Told (server name, what happened) as each server moves on; drives progress output."""
+
+LOCK_EVENT_SOURCE = "stack"
+"""Events about the data directory's lock: "waiting for <holder>", then "locked"."""
 
 
 def _ignore(_server: str, _event: str) -> None:
@@ -76,13 +81,30 @@ class LocalStack:
         """Start every stopped server and wait until each answers a real query.
 
         Passwords are generated here, on the first ``up``, never by a command that only looks.
+        One process at a time starts or stops a data directory's servers: another waits.
         """
-        self._configure(ensure_credentials(self.settings))
-        await self._each(lambda s: s.up(), self.servers, on_event, "starting", "ready")
+        async with self._locked(on_event):
+            self._configure(ensure_credentials(self.settings))
+            await self._each(lambda s: s.up(), self.servers, on_event, "starting", "ready")
 
     async def down(self, on_event: ServerCallback = _ignore) -> None:
         """Stop the servers this stack started; anything else is left alone."""
-        await self._each(lambda s: s.down(), self.servers, on_event, "stopping", "stopped")
+        async with self._locked(on_event):
+            await self._each(lambda s: s.down(), self.servers, on_event, "stopping", "stopped")
+
+    @asynccontextmanager
+    async def _locked(self, on_event: ServerCallback) -> AsyncIterator[None]:
+        waited = False
+
+        def on_wait(holder: str) -> None:
+            nonlocal waited
+            waited = True
+            on_event(LOCK_EVENT_SOURCE, f"waiting for {holder}")
+
+        async with stack_lock(self.settings.data_dir, on_wait=on_wait):
+            if waited:
+                on_event(LOCK_EVENT_SOURCE, "locked")
+            yield
 
     async def status(self) -> list[ServerStatus]:
         return list(await asyncio.gather(*(server_status(server) for server in self.servers)))

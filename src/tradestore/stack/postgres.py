@@ -1,13 +1,27 @@
-"""A private PostgreSQL cluster made with ``initdb`` under the data directory.
+"""A private PostgreSQL cluster made with ``initdb``, one per data directory.
 
 PostgreSQL refuses to run as root, so when the stack runs as root the cluster belongs to the
-``postgres`` system user that Debian's package creates.
+``postgres`` system user that Debian's package creates. That user must then reach the cluster,
+which it cannot when the checkout lies under a directory only root may enter (``/root``, a
+``mktemp -d`` folder, or the data directory itself, which is 0700). Granting it a way in (ACLs on
+every parent) would change directories that are not the project's. So, as root, the cluster
+lives under the postgres user's own home instead, in ``~postgres/tradestore/<key>/`` (the key is
+a hash of the data directory's path; both directories 0700, owned by postgres), and
+``<data dir>/postgres`` is a symlink to it: it follows the data directory when that is moved.
+Commands run as postgres are always given the real path, never the symlink. A cluster that an
+older version made inside the data directory is moved there by the next ``up`` (once stopped).
+Without root, nothing moves: the cluster is ``<data dir>/postgres`` and the server runs as the
+caller.
 """
 
 from __future__ import annotations
 
 import glob
+import hashlib
+import os
+import pwd
 import shutil
+import signal
 from pathlib import Path
 
 import asyncpg
@@ -15,21 +29,29 @@ import asyncpg
 from tradestore.errors import PrerequisiteError, StackError
 from tradestore.settings import PostgresSettings, Role, Settings
 from tradestore.stack.base import median_round_trip_ms
+from tradestore.stack.lock import stack_lock
 from tradestore.stack.process import (
     chown_tree,
+    make_private,
+    private_dir,
     process_cwd,
     read_pid,
     require_free_ports,
     run_command,
     running_as_root,
     system_user_ids,
+    terminate,
     wait_until_ready,
+    write_private,
 )
 
 NAME = "postgresql"
 SYSTEM_USER = "postgres"
 START_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 60.0
 CONFIG_INCLUDE = "tradestore.conf"
+CLUSTERS_DIR = "tradestore"
+"""Under the postgres user's home: the clusters of the stacks run as root."""
 
 
 def pg_bin(program: str) -> str:
@@ -48,6 +70,31 @@ def pg_bin(program: str) -> str:
     return candidates[-1]
 
 
+def _postmaster(cluster: Path) -> int | None:
+    """The pid of the postmaster serving this cluster directory, or None."""
+    pid = read_pid(cluster / "postmaster.pid")
+    if pid is None or process_cwd(pid) != cluster.resolve():
+        return None
+    return pid
+
+
+def cluster_root(data_dir: Path) -> Path:
+    """Where the cluster of a data directory lives (see the module docstring)."""
+    in_data_dir = data_dir / "postgres"
+    if not running_as_root():
+        return in_data_dir
+    if in_data_dir.is_symlink():
+        return in_data_dir.resolve()
+    if in_data_dir.is_dir() and _postmaster(in_data_dir / "data") is not None:
+        return in_data_dir  # an older version's cluster, still running: moved once stopped
+    try:
+        home = Path(pwd.getpwnam(SYSTEM_USER).pw_dir)
+    except KeyError:
+        return in_data_dir  # ``up`` names the missing user
+    key = hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:16]
+    return home / CLUSTERS_DIR / key
+
+
 class PostgresServer:
     """The stack's PostgreSQL: loopback only, scram-sha-256 on TCP, no Unix socket."""
 
@@ -55,7 +102,9 @@ class PostgresServer:
 
     def __init__(self, settings: Settings) -> None:
         self.config: PostgresSettings = settings.postgres
-        self.root = settings.data_dir / "postgres"
+        self.stack_dir = settings.data_dir
+        self.link = settings.data_dir / "postgres"
+        self.root = cluster_root(settings.data_dir)
         self.data_dir = self.root / "data"
         self.log_file = self.root / "postgres.log"
 
@@ -69,17 +118,34 @@ class PostgresServer:
         return argv
 
     def running_pid(self) -> int | None:
-        pid = read_pid(self.data_dir / "postmaster.pid")
-        if pid is None or process_cwd(pid) != self.data_dir.resolve():
-            return None
-        return pid
+        return _postmaster(self.data_dir)
+
+    def _place_cluster(self) -> None:
+        """As root: the cluster's directory under ~postgres, and the data directory's link to it.
+
+        A cluster an older version made inside the data directory is moved there first.
+        """
+        if self.root == self.link:
+            private_dir(self.root)
+            return
+        private_dir(self.root.parent)
+        if self.link.is_dir() and not self.link.is_symlink():
+            if self.root.exists():
+                raise StackError(
+                    NAME,
+                    f"both {self.link} and {self.root} hold a cluster; keep one",
+                    self.log_file,
+                )
+            shutil.move(self.link, self.root)
+        private_dir(self.root)
+        if not self.link.is_symlink():
+            self.link.symlink_to(self.root, target_is_directory=True)
+        write_private(self.root / "data-dir", f"{self.stack_dir}\n")
+        os.chown(self.root.parent, *system_user_ids(SYSTEM_USER))
 
     async def _initdb(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.root.chmod(0o700)
         password_file = self.root / "superuser.pw"
-        password_file.write_text(self.config.credentials("superuser")[1] + "\n")
-        password_file.chmod(0o600)
+        write_private(password_file, self.config.credentials("superuser")[1] + "\n")
         if running_as_root():
             chown_tree(self.root, *system_user_ids(SYSTEM_USER))
         try:
@@ -108,14 +174,16 @@ class PostgresServer:
             password_file.unlink(missing_ok=True)
         with (self.data_dir / "postgresql.conf").open("a") as conf:
             conf.write(f"\ninclude_if_exists = '{CONFIG_INCLUDE}'\n")
-        (self.data_dir / "pg_hba.conf").write_text(
+        write_private(
+            self.data_dir / "pg_hba.conf",
             "# tradestore: password logins over loopback TCP only\n"
             "host all all 127.0.0.1/32 scram-sha-256\n"
-            "host all all ::1/128 scram-sha-256\n"
+            "host all all ::1/128 scram-sha-256\n",
         )
 
     def _write_server_config(self) -> None:
-        (self.data_dir / CONFIG_INCLUDE).write_text(
+        write_private(
+            self.data_dir / CONFIG_INCLUDE,
             "# Written by tradestore on every `stack up`; edit the settings, not this file.\n"
             f"listen_addresses = '{self.config.host}'\n"
             f"port = {self.config.port}\n"
@@ -125,7 +193,7 @@ class PostgresServer:
             "password_encryption = 'scram-sha-256'\n"
             "wal_level = replica\n"
             "log_line_prefix = '%m [%p] %q%u@%d '\n"
-            "timezone = 'UTC'\n"
+            "timezone = 'UTC'\n",
         )
         if running_as_root():
             chown_tree(self.root, *system_user_ids(SYSTEM_USER))
@@ -197,52 +265,59 @@ class PostgresServer:
             await connection.close()
 
     async def up(self) -> None:
-        if self.running_pid() is None:
-            require_free_ports(NAME, self.config.host, [self.config.port], self.log_file)
-            if not (self.data_dir / "PG_VERSION").exists():
-                if self.data_dir.exists() and any(self.data_dir.iterdir()):
-                    raise StackError(
-                        NAME, f"{self.data_dir} is not empty but holds no cluster", self.log_file
-                    )
-                await self._initdb()
-            self._write_server_config()
-            await run_command(
+        async with stack_lock(self.stack_dir):
+            if self.running_pid() is None:
+                await self._start()
+            await wait_until_ready(
                 NAME,
-                self._as_cluster_owner(
-                    [
-                        pg_bin("pg_ctl"),
-                        "start",
-                        "--wait",
-                        f"--timeout={START_TIMEOUT_S:.0f}",
-                        "--pgdata",
-                        str(self.data_dir),
-                        "--log",
-                        str(self.log_file),
-                    ]
-                ),
-                self.log_file,
-                timeout_s=START_TIMEOUT_S + 10,
+                self._ensure_roles_and_database,
+                timeout_s=START_TIMEOUT_S,
+                log_file=self.log_file,
+                still_running=lambda: self.running_pid() is not None,
             )
-        await wait_until_ready(
-            NAME,
-            self._ensure_roles_and_database,
-            timeout_s=START_TIMEOUT_S,
-            log_file=self.log_file,
-            still_running=lambda: self.running_pid() is not None,
-        )
-        await self._answers_as_app()
+            await self._answers_as_app()
 
-    async def down(self) -> bool:
-        if self.running_pid() is None:
-            return False
+    async def _start(self) -> None:
+        require_free_ports(NAME, self.config.host, [self.config.port], self.log_file)
+        self._place_cluster()
+        make_private(self.root)
+        if not (self.data_dir / "PG_VERSION").exists():
+            if self.data_dir.exists() and any(self.data_dir.iterdir()):
+                raise StackError(
+                    NAME, f"{self.data_dir} is not empty but holds no cluster", self.log_file
+                )
+            await self._initdb()
+        self._write_server_config()
         await run_command(
             NAME,
             self._as_cluster_owner(
-                [pg_bin("pg_ctl"), "stop", "--wait", "--mode=fast", "--pgdata", str(self.data_dir)]
+                [
+                    pg_bin("pg_ctl"),
+                    "start",
+                    "--wait",
+                    f"--timeout={START_TIMEOUT_S:.0f}",
+                    "--pgdata",
+                    str(self.data_dir),
+                    "--log",
+                    str(self.log_file),
+                ]
             ),
             self.log_file,
+            timeout_s=START_TIMEOUT_S + 10,
         )
-        return True
+
+    async def down(self) -> bool:
+        """A fast shutdown (SIGINT, as ``pg_ctl stop -m fast`` sends), by pid.
+
+        By signal rather than through pg_ctl, which would need the path: a cluster an older
+        version left running inside the data directory is out of the postgres user's reach now.
+        """
+        async with stack_lock(self.stack_dir):
+            pid = self.running_pid()
+            if pid is None:
+                return False
+            await terminate(pid, timeout_s=STOP_TIMEOUT_S, first_signal=signal.SIGINT)
+            return True
 
     async def measure(self) -> tuple[str, float]:
         connection = await self._connect("app")

@@ -9,16 +9,25 @@ import os
 import pwd
 import signal
 import socket
+import stat
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
+
+import psutil
 
 from tradestore.errors import PortInUseError, StackError
 
 T = TypeVar("T")
 
 LOG_TAIL_LINES = 15
+
+
+PRIVATE_UMASK = 0o077
+"""Servers and the commands the stack runs create files only their owner can read."""
+
+_WILDCARDS = frozenset({"0.0.0.0", "::"})  # noqa: S104 - compared with, never bound
 
 
 def port_is_free(host: str, port: int) -> bool:
@@ -34,55 +43,88 @@ def port_is_free(host: str, port: int) -> bool:
     return True
 
 
+def port_holders(host: str, port: int) -> str:
+    """Who holds host:port, as 'pid 123 (redis-server, listening)', for the error message.
+
+    Sockets of other users' processes show no pid unless this process runs as root; an outgoing
+    connection that took the port as its local end is named too (with its peer).
+    """
+    try:
+        sockets = psutil.net_connections(kind="inet")
+    except psutil.Error as error:
+        return f"a process that could not be identified ({error})"
+    holders = []
+    for entry in sockets:
+        local = entry.laddr
+        if not local or local.port != port or local.ip not in {host, *_WILDCARDS}:
+            continue
+        if entry.status == psutil.CONN_TIME_WAIT:
+            continue  # a closed connection's remains: no process, and no bar to the servers
+        what = "listening" if entry.status == psutil.CONN_LISTEN else entry.status.lower()
+        if entry.raddr:
+            what += f" to {entry.raddr.ip}:{entry.raddr.port}"
+        if entry.pid is None:
+            holders.append(f"a process this user cannot see ({what})")
+        else:
+            holders.append(f"pid {entry.pid} ({process_name(entry.pid)}, {what})")
+    if not holders:
+        return "a process that could not be identified"
+    return ", ".join(sorted(set(holders)))
+
+
 def require_free_ports(server: str, host: str, ports: Sequence[int], log_file: Path) -> None:
     for port in ports:
         if not port_is_free(host, port):
             raise PortInUseError(
                 server,
-                f"port {host}:{port} is taken by a process that is not this stack's server; "
-                "stop it or choose another port in the settings",
+                f"port {host}:{port} is taken by {port_holders(host, port)}, not by this "
+                "stack's server; stop it or choose another port in the settings",
                 log_file,
             )
 
 
 def pid_alive(pid: int) -> bool:
+    """Running (a zombie that still awaits its parent's wait is not), or not ours to inspect."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:
+    except psutil.AccessDenied:
         return True
-    # A zombie still answers kill(0); it is not running.
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return True
-    return state != "Z"
 
 
 def read_pid(pid_file: Path) -> int | None:
-    """The pid in the first line of a pid file, if it names a live process."""
+    """The pid in the first line of a pid file, if it names a live process.
+
+    A negative number (PostgreSQL's single-user backend, while initdb runs) names none.
+    """
     try:
         first_line = pid_file.read_text().splitlines()[0].strip()
         pid = int(first_line)
     except (OSError, IndexError, ValueError):
         return None
-    return pid if pid_alive(pid) else None
+    return pid if pid > 0 and pid_alive(pid) else None
 
 
 def process_cwd(pid: int) -> Path | None:
     try:
-        return Path(os.readlink(f"/proc/{pid}/cwd")).resolve()
-    except OSError:
+        return Path(psutil.Process(pid).cwd()).resolve()
+    except (psutil.Error, OSError):
         return None
 
 
 def process_cmdline(pid: int) -> list[str]:
     try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
+        return psutil.Process(pid).cmdline()
+    except psutil.Error:
         return []
-    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+
+
+def process_name(pid: int) -> str:
+    try:
+        return psutil.Process(pid).name()
+    except psutil.Error:
+        return "name unknown"
 
 
 def log_tail(log_file: Path, lines: int = LOG_TAIL_LINES) -> str:
@@ -103,6 +145,36 @@ def system_user_ids(name: str) -> tuple[int, int]:
     except KeyError as error:
         raise StackError(name, f"system user {name!r} does not exist") from error
     return entry.pw_uid, entry.pw_gid
+
+
+def private_dir(path: Path) -> Path:
+    """Make path (and missing parents) and leave path itself 0700."""
+    path.mkdir(parents=True, exist_ok=True)
+    path.chmod(0o700)
+    return path
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write a file only its owner can read, whatever mode an older version left on it."""
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        os.fchmod(descriptor, 0o600)
+        handle.write(text)
+
+
+def make_private(root: Path) -> None:
+    """Take group and world access off everything under root (left by an older version).
+
+    New files need no such walk: servers and commands run with a 077 umask.
+    """
+    if not root.is_dir() or root.is_symlink():
+        return
+    for directory, subdirs, files in os.walk(root):
+        for path in (Path(directory), *(Path(directory) / name for name in (*subdirs, *files))):
+            with contextlib.suppress(FileNotFoundError):
+                mode = path.lstat().st_mode
+                if not stat.S_ISLNK(mode) and mode & 0o077:
+                    path.chmod(stat.S_IMODE(mode) & 0o700)
 
 
 def chown_tree(root: Path, uid: int, gid: int) -> None:
@@ -128,6 +200,7 @@ async def run_command(
             stderr=asyncio.subprocess.STDOUT,
             stdin=asyncio.subprocess.DEVNULL,
             env=env,
+            umask=PRIVATE_UMASK,
         )
     except FileNotFoundError as error:
         raise StackError(server, f"{argv[0]} not found: {error}", log_file) from error
@@ -186,10 +259,12 @@ def _reap(pid: int) -> None:
         os.waitpid(pid, os.WNOHANG)
 
 
-async def terminate(pid: int, *, timeout_s: float = 30.0) -> None:
-    """SIGTERM, then SIGKILL if the process outlives the timeout."""
+async def terminate(
+    pid: int, *, timeout_s: float = 30.0, first_signal: signal.Signals = signal.SIGTERM
+) -> None:
+    """first_signal (SIGTERM), then SIGKILL if the process outlives the timeout."""
     with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
+        os.kill(pid, first_signal)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         _reap(pid)

@@ -133,6 +133,7 @@ class QuestDBServer(SpawnedServer):
     def __init__(self, settings: Settings) -> None:
         self.config: QuestDBSettings = settings.questdb
         self.host = self.config.host
+        self.stack_dir = settings.data_dir
         self.root = settings.data_dir / "questdb"
         self.pid_file = self.root / "questdb.pid"
         self.log_file = self.root / "questdb.log"
@@ -149,16 +150,12 @@ class QuestDBServer(SpawnedServer):
     def _ports(self) -> list[int]:
         return [self.config.http_port, self.config.pg_port, self.config.min_http_port]
 
-    def _write_config(self) -> None:
-        conf_dir = self.root / "conf"
-        conf_dir.mkdir(parents=True, exist_ok=True)
-        conf = conf_dir / "server.conf"
-        conf.touch(mode=0o600)
-        conf.chmod(0o600)
+    def _config(self) -> tuple[Path, str]:
         host = self.config.host
         secret = self.config.secret()
-        conf.write_text(
-            "# Written by tradestore on every `stack up`; it holds passwords (mode 0600).\n"
+        return (
+            self.root / "conf" / "server.conf",
+            "# Written by tradestore when it starts the server; it holds passwords (mode 0600).\n"
             f"http.net.bind.to={host}:{self.config.http_port}\n"
             f"http.user={self.config.user}\n"
             f"http.password={secret}\n"
@@ -172,6 +169,11 @@ class QuestDBServer(SpawnedServer):
             "line.udp.enabled=false\n"
             "telemetry.enabled=false\n"
             "cairo.wal.enabled.default=true\n"
+            # QuestDB's native open() sets umask 002 and creates every table file 0644 whatever
+            # the umask it was started with, so its directories carry the privacy: 0700
+            # (448), as the stack's own directories above them are.
+            "cairo.mkdir.mode=448\n"
+            "cairo.detached.mkdir.mode=448\n",
         )
 
     async def _connect(self) -> asyncpg.Connection:
@@ -203,10 +205,9 @@ class QuestDBServer(SpawnedServer):
         match = _VERSION_IN_BUILD.search(build)
         return match.group(1) if match else build
 
-    async def _prepare(self) -> list[str]:
+    async def _command(self) -> list[str]:
         java, _ = find_java(self.config)
         jar = await fetch_questdb_jar(self.log_file)
-        self._write_config()
         return [
             str(java),
             f"-Xms{min(256, self.config.heap_mb)}m",

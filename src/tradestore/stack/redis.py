@@ -1,8 +1,13 @@
-"""The stack's Redis: a cache, so persistence is off; one ACL user, loopback only."""
+"""The stack's Redis: a cache, so persistence is off; two ACL users, loopback only.
+
+The application user may run only the commands tradestore's cache, streams and pub/sub send,
+on its own key and channel patterns; the admin user is the stack's (status, fault drills).
+"""
 
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import redis.asyncio as aioredis
 
@@ -14,6 +19,34 @@ from tradestore.stack.spawn import SpawnedServer
 
 NAME = "redis"
 START_TIMEOUT_S = 20.0
+
+APP_KEYS = ("price:*", "pool:*", "stream:*")
+"""``price:{token}``, ``pool:{address}``, the event streams and their dead-letter streams."""
+APP_CHANNELS = ("ui:*",)
+"""Pub/sub channels of the terminal UI."""
+APP_COMMANDS = (
+    # connection: redis-py and coredis authenticate with HELLO 3 AUTH, may select the db, ping;
+    # the near cache points its connections' tracking at its invalidation link by CLIENT ID
+    "hello auth ping select client|id client|tracking",
+    # prices and pool states: SET PX, GET, MGET; the near cache reads PTTL
+    "get set mget pttl del",
+    # transactions (a dead-lettered entry is copied and acked in one MULTI)
+    "multi exec discard",
+    # streams and consumer groups
+    "xadd xlen xrange xrevrange xreadgroup xack xautoclaim xpending xgroup|create xinfo|groups",
+    # the batch publish: a Lua loop of XADDs by EVALSHA, loaded again after a restart
+    "evalsha script|load",
+    # pub/sub
+    "publish subscribe unsubscribe",
+)
+
+
+def app_acl(username: str, password: str) -> str:
+    """The ACL rule of the application user: nothing but what tradestore sends."""
+    commands = " ".join(f"+{command}" for group in APP_COMMANDS for command in group.split())
+    keys = " ".join(f"~{pattern}" for pattern in APP_KEYS)
+    channels = " ".join(f"&{pattern}" for pattern in APP_CHANNELS)
+    return f"user {username} reset on >{password} {keys} {channels} -@all {commands}"
 
 
 def _quoted(value: object) -> str:
@@ -27,6 +60,7 @@ class RedisServer(SpawnedServer):
     def __init__(self, settings: Settings) -> None:
         self.config: RedisSettings = settings.redis
         self.host = self.config.host
+        self.stack_dir = settings.data_dir
         self.root = settings.data_dir / "redis"
         self.conf_file = self.root / "redis.conf"
         self.pid_file = self.root / "redis.pid"
@@ -43,17 +77,9 @@ class RedisServer(SpawnedServer):
     def _ports(self) -> list[int]:
         return [self.config.port]
 
-    async def _prepare(self) -> list[str]:
-        server = shutil.which("redis-server")
-        if server is None:
-            raise PrerequisiteError(
-                NAME, "redis-server not found: install Debian's redis-server (./run setup)"
-            )
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.conf_file.touch(mode=0o600)
-        self.conf_file.chmod(0o600)
-        self.conf_file.write_text(
-            "# Written by tradestore on every `stack up`; it holds a password (mode 0600).\n"
+    def _config(self) -> tuple[Path, str]:
+        return self.conf_file, (
+            "# Written by tradestore when it starts the server; it holds passwords (mode 0600).\n"
             f"bind {self.config.host}\n"
             f"port {self.config.port}\n"
             "protected-mode yes\n"
@@ -65,14 +91,26 @@ class RedisServer(SpawnedServer):
             "maxmemory 2gb\n"
             "maxmemory-policy volatile-lru\n"
             "user default off\n"
-            f"user {self.config.username} on >{self.config.secret()} ~* &* +@all\n"
+            f"user {self.config.admin_username} reset on >{self.config.admin_secret()} "
+            "~* &* +@all\n"
+            f"{app_acl(self.config.username, self.config.secret())}\n"
         )
+
+    async def _command(self) -> list[str]:
+        server = shutil.which("redis-server")
+        if server is None:
+            raise PrerequisiteError(
+                NAME, "redis-server not found: install Debian's redis-server (./run setup)"
+            )
         return [server, str(self.conf_file)]
 
-    def client(self) -> aioredis.Redis:
-        return aioredis.Redis(**self.config.connect_arguments())
+    def client(self, *, admin: bool = True) -> aioredis.Redis:
+        """A short-lived client for the stack's checks, as the admin user unless told."""
+        return aioredis.Redis(**self.config.connect_arguments(admin=admin))
 
     async def _version(self) -> str:
+        async with self.client(admin=False) as app:
+            await app.ping()
         async with self.client() as client:
             info = await client.info("server")
             return str(info["redis_version"])

@@ -2,26 +2,36 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from abc import ABC, abstractmethod
 from pathlib import Path
 
 from tradestore.errors import StackError
+from tradestore.stack.lock import stack_lock
 from tradestore.stack.process import (
+    PRIVATE_UMASK,
+    make_private,
     pid_alive,
+    private_dir,
     read_pid,
     require_free_ports,
     terminate,
     wait_until_ready,
+    write_private,
 )
 
 
 def spawn_detached(
     server: str, argv: list[str], *, cwd: Path, log_file: Path, pid_file: Path
 ) -> int:
-    """Start argv in its own session, output appended to log_file; record and return its pid."""
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    with log_file.open("ab") as log:
+    """Start argv in its own session, output appended to log_file; record and return its pid.
+
+    The server runs with a 077 umask: its data and logs are its owner's alone.
+    """
+    private_dir(log_file.parent)
+    descriptor = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(descriptor, "ab") as log:
         try:
             process = subprocess.Popen(
                 argv,
@@ -30,10 +40,11 @@ def spawn_detached(
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                umask=PRIVATE_UMASK,
             )
         except OSError as error:
             raise StackError(server, f"could not start {argv[0]}: {error}", log_file) from error
-    pid_file.write_text(f"{process.pid}\n")
+    write_private(pid_file, f"{process.pid}\n")
     return process.pid
 
 
@@ -42,6 +53,7 @@ class SpawnedServer(ABC):
 
     name: str
     host: str
+    stack_dir: Path
     root: Path
     pid_file: Path
     log_file: Path
@@ -56,8 +68,12 @@ class SpawnedServer(ABC):
     def _ports(self) -> list[int]: ...
 
     @abstractmethod
-    async def _prepare(self) -> list[str]:
-        """Check prerequisites and write the configuration; return the command to run."""
+    def _config(self) -> tuple[Path, str]:
+        """The configuration file and what it must hold now (passwords included)."""
+
+    @abstractmethod
+    async def _command(self) -> list[str]:
+        """Check prerequisites; return the command that runs the server."""
 
     @abstractmethod
     async def _version(self) -> str:
@@ -68,26 +84,50 @@ class SpawnedServer(ABC):
         return pid if pid is not None and self._owns(pid) else None
 
     async def up(self) -> None:
-        pid = self.running_pid()
-        if pid is None:
-            require_free_ports(self.name, self.host, self._ports(), self.log_file)
-            argv = await self._prepare()
-            pid = spawn_detached(
-                self.name, argv, cwd=self.root, log_file=self.log_file, pid_file=self.pid_file
-            )
-        started = pid
-        await wait_until_ready(
-            self.name,
-            self._version,
-            timeout_s=self.start_timeout_s,
-            log_file=self.log_file,
-            still_running=lambda: pid_alive(started),
-        )
+        """Start if stopped; restart a running server whose configuration is out of date.
 
-    async def down(self) -> bool:
-        pid = self.running_pid()
-        if pid is None:
-            return False
+        A server an older version started keeps its old configuration (Redis' users, say)
+        until it restarts: ``up`` applies the new one rather than reuse it as it is.
+        """
+        async with stack_lock(self.stack_dir):
+            pid = self.running_pid()
+            if pid is not None and not _holds(*self._config()):
+                await self._stop(pid)
+                pid = None
+            if pid is None:
+                require_free_ports(self.name, self.host, self._ports(), self.log_file)
+                private_dir(self.root)
+                make_private(self.root)
+                argv = await self._command()
+                config_file, config = self._config()
+                write_private(private_dir(config_file.parent) / config_file.name, config)
+                pid = spawn_detached(
+                    self.name, argv, cwd=self.root, log_file=self.log_file, pid_file=self.pid_file
+                )
+            started = pid
+            await wait_until_ready(
+                self.name,
+                self._version,
+                timeout_s=self.start_timeout_s,
+                log_file=self.log_file,
+                still_running=lambda: pid_alive(started),
+            )
+
+    async def _stop(self, pid: int) -> None:
         await terminate(pid, timeout_s=self.stop_timeout_s)
         self.pid_file.unlink(missing_ok=True)
-        return True
+
+    async def down(self) -> bool:
+        async with stack_lock(self.stack_dir):
+            pid = self.running_pid()
+            if pid is None:
+                return False
+            await self._stop(pid)
+            return True
+
+
+def _holds(path: Path, text: str) -> bool:
+    try:
+        return path.read_text() == text
+    except OSError:
+        return False
