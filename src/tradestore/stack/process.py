@@ -16,12 +16,14 @@ from pathlib import Path
 from typing import TypeVar
 
 import psutil
+from tenacity import AsyncRetrying, retry_if_not_exception_type, stop_after_delay, wait_fixed
 
 from tradestore.errors import PortInUseError, StackError
 
 T = TypeVar("T")
 
 LOG_TAIL_LINES = 15
+READY_POLL_S = 0.2
 
 
 PRIVATE_UMASK = 0o077
@@ -230,27 +232,34 @@ async def wait_until_ready(
     log_file: Path,
     still_running: Callable[[], bool],
 ) -> T:
-    """Retry a real query until it answers; fail early if the process died."""
-    deadline = time.monotonic() + timeout_s
-    last_error: Exception | None = None
-    while time.monotonic() < deadline:
+    """Retry a real query until it answers; fail at once if the process died."""
+
+    async def attempt() -> T:
         if not still_running():
             raise StackError(
                 server,
                 f"the server exited while starting; last log lines:\n{log_tail(log_file)}",
                 log_file,
             )
-        try:
-            return await probe()
-        except Exception as error:
-            last_error = error
-        await asyncio.sleep(0.2)
-    raise StackError(
-        server,
-        f"did not answer a query within {timeout_s:.0f} s (last error: {last_error}); "
-        f"last log lines:\n{log_tail(log_file)}",
-        log_file,
+        return await probe()
+
+    retrying = AsyncRetrying(
+        stop=stop_after_delay(timeout_s),
+        wait=wait_fixed(READY_POLL_S),
+        retry=retry_if_not_exception_type(StackError),
+        reraise=True,
     )
+    try:
+        return await retrying(attempt)
+    except StackError:
+        raise
+    except Exception as error:
+        raise StackError(
+            server,
+            f"did not answer a query within {timeout_s:.0f} s (last error: {error}); "
+            f"last log lines:\n{log_tail(log_file)}",
+            log_file,
+        ) from error
 
 
 def _reap(pid: int) -> None:
