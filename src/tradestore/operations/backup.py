@@ -19,6 +19,7 @@ from typing import Any, Literal
 import asyncpg
 
 from tradestore.errors import FieldProblem, InvalidInputError, StackError, StoreUnavailableError
+from tradestore.operations.checks import empty_directory
 from tradestore.operations.result import JobResult, Stopwatch
 from tradestore.settings import Settings
 from tradestore.stack.pgbackrest import PgBackRest
@@ -243,14 +244,12 @@ async def _check_target(settings: Settings, target: datetime | None) -> None:
 
 
 def _check_into(settings: Settings, into: Path) -> Path:
-    into = into.expanduser().absolute()
+    into = empty_directory("restore", "into", into)
     live = PostgresServer(settings).root.resolve()
-    if into.resolve() == live or live in into.resolve().parents or into.resolve() in live.parents:
+    if live == into.resolve() or live in into.resolve().parents:
         raise InvalidInputError(
-            "restore", [FieldProblem("into", f"overlaps the live cluster's directory {live}")]
+            "restore", [FieldProblem("into", f"is inside the live cluster's directory {live}")]
         )
-    if into.exists() and any(into.iterdir()):
-        raise InvalidInputError("restore", [FieldProblem("into", f"{into} is not empty")])
     return into
 
 
