@@ -18,7 +18,13 @@ from typing import Any, Literal
 
 import asyncpg
 
-from tradestore.errors import FieldProblem, InvalidInputError, StackError, StoreUnavailableError
+from tradestore.errors import (
+    CheckFailedError,
+    FieldProblem,
+    InvalidInputError,
+    StackError,
+    StoreUnavailableError,
+)
 from tradestore.operations.checks import empty_directory
 from tradestore.operations.result import JobResult, Stopwatch
 from tradestore.settings import Settings
@@ -164,7 +170,10 @@ async def verify_backups(settings: Settings) -> VerifyResult:
     watch = Stopwatch()
     tool = backrest(settings)
     await tool.run("check")
-    await tool.run("verify")
+    try:
+        await tool.run("verify")
+    except StackError as error:
+        raise CheckFailedError("backup verify", [error.reason]) from error
     stanza = await tool.info()
     archives = stanza.get("archive", [])
     archive = f"{archives[-1]['min']}..{archives[-1]['max']}" if archives else "(none)"
@@ -209,12 +218,28 @@ class RestoredCluster(PostgresServer):
         return None
 
     async def _ensure_roles_and_database(self) -> None:
-        conn = await self._connect("superuser", database="postgres")
-        try:
-            if await conn.fetchval("SELECT pg_is_in_recovery()"):
-                raise StackError(self.name, "still recovering", self.log_file)
-        finally:
-            await conn.close()
+        await _promoted(self)
+
+
+class _RestoredLiveCluster(PostgresServer):
+    """The live cluster after an in-place restore: roles are ensured only once it promoted.
+
+    During recovery an ALTER ROLE fails, and PostgreSQL would log the statement, password and all.
+    """
+
+    async def _ensure_roles_and_database(self) -> None:
+        await _promoted(self)
+        await super()._ensure_roles_and_database()
+
+
+async def _promoted(server: PostgresServer) -> None:
+    """Raise until recovery has promoted the cluster (``wait_until_ready`` retries)."""
+    conn = await server._connect("superuser", database="postgres")
+    try:
+        if await conn.fetchval("SELECT pg_is_in_recovery()"):
+            raise StackError(server.name, "still recovering", server.log_file)
+    finally:
+        await conn.close()
 
 
 def _target_options(target: datetime | None) -> list[str]:
@@ -296,7 +321,7 @@ async def replace_live_cluster(settings: Settings, *, target: datetime | None) -
     """
     await _check_target(settings, target)
     watch = Stopwatch()
-    server = PostgresServer(settings)
+    server = _RestoredLiveCluster(settings)
     if server.running_pid() is not None:
         await archive_now(settings)
     await server.down()

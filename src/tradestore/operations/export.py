@@ -41,8 +41,8 @@ CHUNK_BYTES = 1 << 20
 HTTP_BAD_REQUEST = 400
 HTTP_UNAUTHORIZED = 401
 
-Progress = Callable[[int, int], None]
-"""Told (bytes written, rows written so far; 0 for Parquet) after each chunk."""
+Progress = Callable[[int, int, int], None]
+"""Told (bytes written, CSV rows written or 0 for Parquet, rows in the range) after each chunk."""
 
 
 class ExportRequest(TradestoreModel):
@@ -111,7 +111,7 @@ def _request(settings: Settings, request: ExportRequest) -> urllib.request.Reque
 
 
 def _stream(
-    settings: Settings, request: ExportRequest, part: Path, on_progress: Progress | None
+    settings: Settings, request: ExportRequest, part: Path, on_progress: Callable[[int, int], None]
 ) -> int:
     """Copy the response into ``part`` chunk by chunk; the bytes written."""
     written = newlines = 0
@@ -145,13 +145,12 @@ def _stream(
                 written += len(chunk)
                 if request.format == "csv":
                     newlines += chunk.count(b"\n")
-                if on_progress is not None:
-                    on_progress(written, max(newlines - 1, 0))
+                on_progress(written, max(newlines - 1, 0))
     return written
 
 
 def _export_file(
-    settings: Settings, request: ExportRequest, out: Path, on_progress: Progress | None
+    settings: Settings, request: ExportRequest, out: Path, on_progress: Callable[[int, int], None]
 ) -> tuple[Path, int]:
     out = out.expanduser().absolute()
     part = out.with_name(out.name + ".part")
@@ -173,5 +172,10 @@ async def export_table(
     """
     watch = Stopwatch()
     rows = await count_rows(settings, request)
-    path, size = await asyncio.to_thread(_export_file, settings, request, out, on_progress)
+
+    def progress(written: int, done: int) -> None:
+        if on_progress is not None:
+            on_progress(written, done, rows)
+
+    path, size = await asyncio.to_thread(_export_file, settings, request, out, progress)
     return ExportResult(request.table, request.format, path, rows, size, watch.elapsed())

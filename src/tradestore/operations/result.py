@@ -9,15 +9,18 @@ from pathlib import Path
 from typing import Any
 
 
-def _plain(value: Any) -> Any:  # noqa: ANN401 - walks any dataclass field
+def plain(value: Any) -> Any:  # noqa: ANN401 - walks any dataclass and its fields
+    """JSON-ready values: dataclasses as dicts, instants in ISO 8601, paths as strings."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return plain(dataclasses.asdict(value))
     if isinstance(value, datetime):
         return value.isoformat()
     if isinstance(value, Path):
         return str(value)
     if isinstance(value, dict):
-        return {key: _plain(item) for key, item in value.items()}
+        return {key: plain(item) for key, item in value.items()}
     if isinstance(value, list | tuple):
-        return [_plain(item) for item in value]
+        return [plain(item) for item in value]
     return value
 
 
@@ -32,8 +35,8 @@ class JobResult:
 
     def as_dict(self) -> dict[str, Any]:
         """Plain JSON-ready values (instants in ISO 8601, paths as strings)."""
-        plain: dict[str, Any] = _plain(dataclasses.asdict(self))  # type: ignore[call-overload]
-        return plain
+        values: dict[str, Any] = plain(self)
+        return values
 
 
 class Stopwatch:
