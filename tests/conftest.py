@@ -8,7 +8,9 @@ A server that cannot start fails the session; nothing is skipped.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -59,3 +61,14 @@ async def stack(test_stack_overrides: dict[str, Any]) -> AsyncIterator[LocalStac
 def settings(stack: LocalStack) -> Settings:
     """Settings of the running test stack, passwords included."""
     return stack.settings
+
+
+@pytest.fixture
+def scratch() -> Iterator[Path]:
+    """An empty directory the cluster's owner (postgres, when root) can reach; removed after."""
+    parent = REPO / ".tradestore"
+    parent.mkdir(exist_ok=True)
+    path = Path(tempfile.mkdtemp(prefix="scratch-", dir=parent))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
