@@ -23,7 +23,6 @@ from typing import Literal, Self
 from pydantic import field_validator, model_validator
 
 from tradestore.errors import (
-    ConfigError,
     FieldProblem,
     InvalidInputError,
     StoreUnavailableError,
@@ -38,8 +37,6 @@ from tradestore.timeseries.schema import TABLES
 ExportFormat = Literal["csv", "parquet"]
 TABLE_NAMES = tuple(table.name for table in TABLES)
 CHUNK_BYTES = 1 << 20
-HTTP_BAD_REQUEST = 400
-HTTP_UNAUTHORIZED = 401
 
 Progress = Callable[[int, int, int], None]
 """Told (bytes written, CSV rows written or 0 for Parquet, rows in the range) after each chunk."""
@@ -120,8 +117,6 @@ def _stream(
         response = urllib.request.urlopen(_request(settings, request), timeout=timeout)  # noqa: S310
     except urllib.error.HTTPError as error:
         detail = error.read(2000).decode(errors="replace")
-        if error.code == HTTP_UNAUTHORIZED:
-            raise ConfigError("QuestDB refused the credentials for /exp") from None
         raise StoreUnavailableError(f"QuestDB /exp answered {error.code}: {detail}") from None
     except (urllib.error.URLError, OSError) as error:
         raise StoreUnavailableError(f"QuestDB at {settings.questdb.http_url()}: {error}") from error
