@@ -46,7 +46,7 @@ def _compression_table(result: CompressionResult) -> Table:
         ratio = entry.bytes_before / entry.bytes_after if entry.bytes_after else 0.0
         table.add_row(
             entry.table,
-            str(len(entry.partitions)),
+            ", ".join(partition.name for partition in entry.partitions),
             f"{entry.bytes_before / 2**20:.1f} MiB",
             f"{entry.bytes_after / 2**20:.1f} MiB",
             f"{ratio:.1f}x",

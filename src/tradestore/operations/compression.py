@@ -28,11 +28,25 @@ _UNIT = {"DAY": timedelta(days=1), "HOUR": timedelta(hours=1)}
 
 
 @dataclass(frozen=True, slots=True)
-class TableCompression:
-    table: str
-    partitions: list[str]
+class PartitionSize:
+    name: str
     bytes_before: int
     bytes_after: int
+    """On disk once converted: the Parquet file and what the partition keeps beside it."""
+
+
+@dataclass(frozen=True, slots=True)
+class TableCompression:
+    table: str
+    partitions: list[PartitionSize]
+
+    @property
+    def bytes_before(self) -> int:
+        return sum(partition.bytes_before for partition in self.partitions)
+
+    @property
+    def bytes_after(self) -> int:
+        return sum(partition.bytes_after for partition in self.partitions)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,10 +96,9 @@ async def _native_partitions_before(
     return {row["name"]: int(row["diskSize"]) for row in rows if row["maxTimestamp"] < naive_cutoff}
 
 
-async def _sizes(conn: asyncpg.Connection, table: str, names: Iterable[str]) -> int:
+async def _sizes(conn: asyncpg.Connection, table: str) -> dict[str, int]:
     rows = await conn.fetch(f"SELECT name, diskSize FROM table_partitions('{table}')")  # noqa: S608
-    wanted = set(names)
-    return sum(int(row["diskSize"]) for row in rows if row["name"] in wanted)
+    return {row["name"]: int(row["diskSize"]) for row in rows}
 
 
 async def _wait_applied(conn: asyncpg.Connection, table: str) -> None:
@@ -116,8 +129,11 @@ async def _convert(
         f"ALTER TABLE {table.name} CONVERT PARTITION TO PARQUET WHERE timestamp < '{literal}'"
     )
     await _wait_applied(conn, table.name)
-    after = await _sizes(conn, table.name, before)
-    return TableCompression(table.name, sorted(before), sum(before.values()), after)
+    after = await _sizes(conn, table.name)
+    return TableCompression(
+        table.name,
+        [PartitionSize(name, size, after.get(name, 0)) for name, size in sorted(before.items())],
+    )
 
 
 async def compress_partitions(
