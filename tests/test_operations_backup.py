@@ -262,3 +262,14 @@ async def test_a_cluster_made_before_archiving_gains_it_and_restores_in_place(
             assert own.postgres.credentials(role)[1] not in log
     finally:
         await server.down()
+
+
+async def test_retention_keeps_the_configured_number_of_full_backups(settings: Settings) -> None:
+    operations = settings.operations.model_copy(update={"backup_retention_full": 1})
+    one = settings.model_copy(update={"operations": operations})
+    result = await run_backup(one, "full")
+    assert result.full_backups_kept == 1
+    assert [entry.label for entry in await list_backups(one)] == [result.backup.label]
+    kept = await run_backup(settings, "full")  # the stack's own retention (7) is back in force
+    assert kept.full_backups_kept == 2
+    assert (await verify_backups(settings)).backups == 2

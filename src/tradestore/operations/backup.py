@@ -156,7 +156,9 @@ async def run_backup(settings: Settings, kind: BackupType = "full") -> BackupRes
     if kind not in BACKUP_TYPES:
         raise InvalidInputError("backup", [FieldProblem("type", f"one of {BACKUP_TYPES}")])
     watch = Stopwatch()
-    await backrest(settings).run("backup", f"--type={kind}")
+    tool = backrest(settings)
+    tool.write_config()  # retention and compression as the settings say now
+    await tool.run("backup", f"--type={kind}")
     sets = await list_backups(settings)
     return BackupResult(
         backup=sets[-1],
