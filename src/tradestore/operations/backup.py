@@ -262,9 +262,10 @@ async def _check_target(settings: Settings, target: datetime | None) -> None:
         sets = await list_backups(settings)
         if not sets:
             problems.append(FieldProblem("to", "no backup exists yet: run `tradestore backup run`"))
-        elif target < sets[0].stopped:
+        elif int(target.timestamp()) <= int(sets[0].stopped.timestamp()):
+            # pgBackRest keeps a backup's end to the second and needs it strictly earlier.
             problems.append(
-                FieldProblem("to", f"is before the oldest backup ended ({sets[0].stopped})")
+                FieldProblem("to", f"is not after the oldest backup ended ({sets[0].stopped})")
             )
     if problems:
         raise InvalidInputError("restore", problems)

@@ -202,6 +202,7 @@ async def restore_drill(
     run = uuid.uuid4()
     if not await list_backups(settings):
         await run_backup(settings, "full")
+        await asyncio.sleep(1.0)  # a backup's end is kept to the second: the target must be later
     await _prepare_drill_database(settings)
     live_before = await _live_state(settings, run)
     expected = await _mark_then_change(settings, run)
