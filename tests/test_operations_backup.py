@@ -43,6 +43,17 @@ async def _scratch_table(settings: Settings, port: int | None = None) -> str:
     return name
 
 
+async def _write_note_change(settings: Settings, write: str, *changes: str) -> datetime:
+    """Run write, note the time, then the changes: restoring to that time undoes only them."""
+    async with superuser_connection(settings) as conn:
+        await conn.execute(write)
+        target: datetime = await conn.fetchval("SELECT clock_timestamp()")
+        await asyncio.sleep(0.01)
+        for change in changes:
+            await conn.execute(change)
+    return target
+
+
 async def _rows(settings: Settings, table: str, port: int | None = None) -> list[tuple[int, str]]:
     async with superuser_connection(settings, port=port) as conn:
         rows = await conn.fetch(f"SELECT id, value FROM {table} ORDER BY id")  # noqa: S608
@@ -65,12 +76,12 @@ async def test_backups_are_listed_verified_and_restore_to_a_moment(
     assert verified.backups == len(labels)
 
     table = await _scratch_table(settings)
-    async with superuser_connection(settings) as conn:
-        await conn.execute(f"INSERT INTO {table} VALUES (1, 'kept'), (2, 'first')")  # noqa: S608
-        target = await conn.fetchval("SELECT clock_timestamp()")
-        await asyncio.sleep(0.01)
-        await conn.execute(f"UPDATE {table} SET value = 'second' WHERE id = 2")  # noqa: S608
-        await conn.execute(f"INSERT INTO {table} VALUES (3, 'later')")  # noqa: S608
+    target = await _write_note_change(
+        settings,
+        f"INSERT INTO {table} VALUES (1, 'kept'), (2, 'first')",  # noqa: S608
+        f"UPDATE {table} SET value = 'second' WHERE id = 2",  # noqa: S608
+        f"INSERT INTO {table} VALUES (3, 'later')",  # noqa: S608
+    )
     live_pid = LocalStack(settings).server("postgresql").running_pid()
 
     port = extra_port(settings, 1)
@@ -248,11 +259,11 @@ async def test_a_cluster_made_before_archiving_gains_it_and_restores_in_place(
         await asyncio.sleep(1.0)  # pgBackRest needs the target a whole second after the backup
 
         table = await _scratch_table(own)
-        async with superuser_connection(own) as conn:
-            await conn.execute(f"INSERT INTO {table} VALUES (1, 'kept')")  # noqa: S608
-            target = await conn.fetchval("SELECT clock_timestamp()")
-            await asyncio.sleep(0.01)
-            await conn.execute(f"UPDATE {table} SET value = 'lost'")  # noqa: S608
+        target = await _write_note_change(
+            own,
+            f"INSERT INTO {table} VALUES (1, 'kept')",  # noqa: S608
+            f"UPDATE {table} SET value = 'lost'",  # noqa: S608
+        )
         result = await replace_live_cluster(own, target=target)
         assert result.data_dir == server.data_dir
         assert await _rows(own, table) == [(1, "kept")]

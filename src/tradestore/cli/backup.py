@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 
 from tradestore.cli.context import settings_of
-from tradestore.cli.jobs import parse_instant, report, run_with_spinner
+from tradestore.cli.jobs import parse_instant, report, run_and_report, run_with_spinner
 from tradestore.cli.output import JsonOption, console, print_json, run_command
 from tradestore.operations import (
     BackupSet,
@@ -62,12 +62,11 @@ def run_(
 ) -> None:
     """Take a backup now; backups past the retention (default 7 fulls) expire."""
     settings = settings_of(ctx)
-    result = run_with_spinner(
+    run_and_report(
         f"postgresql: {kind.value} backup",
         lambda: run_backup(settings, kind.value),
         as_json=as_json,
     )
-    report(result, as_json=as_json)
 
 
 def _sets_table(sets: list[BackupSet]) -> Table:
@@ -103,10 +102,9 @@ def list_(ctx: typer.Context, as_json: JsonOption = False) -> None:
 def verify(ctx: typer.Context, as_json: JsonOption = False) -> None:
     """Check that WAL archiving works and every file in the repository matches its checksum."""
     settings = settings_of(ctx)
-    result = run_with_spinner(
+    run_and_report(
         "postgresql: verifying backups", lambda: verify_backups(settings), as_json=as_json
     )
-    report(result, as_json=as_json)
 
 
 @app.command()
@@ -146,9 +144,7 @@ def restore(
         return result
 
     where = "the live cluster, in place" if replace_live_cluster_ else str(into)
-    report(
-        run_with_spinner(f"postgresql: restoring {where}", job, as_json=as_json), as_json=as_json
-    )
+    run_and_report(f"postgresql: restoring {where}", job, as_json=as_json)
 
 
 @app.command()
@@ -170,7 +166,4 @@ def drill(ctx: typer.Context, port: PortOption = None, as_json: JsonOption = Fal
 def questdb(ctx: typer.Context, as_json: JsonOption = False) -> None:
     """Snapshot QuestDB: CHECKPOINT CREATE, copy the files, CHECKPOINT RELEASE."""
     settings = settings_of(ctx)
-    result = run_with_spinner(
-        "questdb: snapshot", lambda: snapshot_questdb(settings), as_json=as_json
-    )
-    report(result, as_json=as_json)
+    run_and_report("questdb: snapshot", lambda: snapshot_questdb(settings), as_json=as_json)

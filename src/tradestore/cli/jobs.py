@@ -13,6 +13,7 @@ from tradestore.errors import FieldProblem, InvalidInputError
 from tradestore.operations.result import JobResult
 
 T = TypeVar("T")
+R = TypeVar("R", bound=JobResult)
 
 
 def run_with_spinner(
@@ -36,6 +37,15 @@ def report(result: JobResult, *, as_json: bool) -> None:
         print_json(result.as_dict())
     else:
         console.print(result.summary(), highlight=False)
+
+
+def run_and_report(
+    description: str, job: Callable[[], Coroutine[Any, Any, R]], *, as_json: bool
+) -> R:
+    """Run a job under a spinner, then print its summary line (or its JSON)."""
+    result = run_with_spinner(description, job, as_json=as_json)
+    report(result, as_json=as_json)
+    return result
 
 
 def parse_instant(value: str, field: str, what: str) -> datetime:
