@@ -306,7 +306,11 @@ async def restore_cluster(
     )
     restore_s = files.elapsed()
     recovery = Stopwatch()
-    await cluster.up()
+    try:
+        await cluster.up()
+    except BaseException:
+        await cluster.down()  # a recovery that failed or timed out leaves no server behind
+        raise
     return cluster, RestoreResult(
         target=target,
         data_dir=cluster.data_dir,
