@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One idempotent set-up for a fresh Debian machine, used by ./run and by CI: Debian packages
-# (PostgreSQL, Redis, OpenJDK, Maven) when missing, the virtual environment with the package and
-# its dev extras, and the pinned QuestDB jar from Maven Central. A second run changes nothing.
+# (PostgreSQL, Redis, OpenJDK, Maven, pgBackRest) when missing, the virtual environment with the
+# package and its dev extras, and the pinned QuestDB jar from Maven Central. A second run changes
+# nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +15,7 @@ java_major=$(java -XshowSettings:properties -version 2>&1 \
   | sed -n 's/.*java\.specification\.version = \([0-9]*\).*/\1/p' || true)
 [ "${java_major:-0}" -ge 17 ] 2>/dev/null || missing+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || missing+=(maven)
+command -v pgbackrest >/dev/null || missing+=(pgbackrest)
 
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then

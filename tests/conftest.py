@@ -106,3 +106,14 @@ async def stack(test_stack_overrides: dict[str, Any]) -> AsyncIterator[LocalStac
 def settings(stack: LocalStack) -> Settings:
     """Settings of the running test stack, passwords included."""
     return stack.settings
+
+
+@pytest.fixture
+def scratch() -> Iterator[Path]:
+    """An empty directory the cluster's owner (postgres, when root) can reach; removed after."""
+    parent = REPO / ".tradestore"
+    parent.mkdir(exist_ok=True)
+    path = Path(tempfile.mkdtemp(prefix="scratch-", dir=parent))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)

@@ -83,6 +83,7 @@ async def test_redis_restart_mid_load_gives_typed_errors_then_recovers(stack: Lo
                     went_down = time.monotonic()
                     await asyncio.sleep(0.5)
                 finally:
+                    restarting = time.monotonic()  # Redis may answer before up() returns
                     await redis_server.up()
                 came_back = time.monotonic()
                 await wait_until(
@@ -104,7 +105,7 @@ async def test_redis_restart_mid_load_gives_typed_errors_then_recovers(stack: Lo
         assert isinstance(outcomes[2], asyncio.CancelledError), outcomes
         assert errors["unavailable"] > 0, "no command ran while Redis was down"
         assert any(at > came_back for at in successes), "price/stream calls never recovered"
-        assert not any(went_down + 0.05 < at < came_back - 0.05 for at in successes)
+        assert not any(went_down + 0.05 < at < restarting for at in successes)
         assert any(at > came_back for at, _ in received), "the subscriber never came back"
         assert len(consumed) > consumed_before, "the consumer group was not re-created"
         assert near.linked, "the near cache's invalidation link never came back"

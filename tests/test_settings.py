@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import typing
 from pathlib import Path
+from typing import Literal
 
 import pytest
 from pydantic import SecretStr
@@ -11,6 +13,7 @@ from pydantic.fields import FieldInfo
 
 from tradestore.errors import ConfigError
 from tradestore.settings import (
+    OperationsSettings,
     PostgresSettings,
     QuestDBSettings,
     RedisSettings,
@@ -138,6 +141,10 @@ def _changed_value(name: str, field: FieldInfo) -> tuple[str, object]:  # noqa: 
     annotation = field.annotation
     if name.endswith("password"):
         return "a-password", "a-password"
+    choices = typing.get_args(annotation) if typing.get_origin(annotation) is Literal else ()
+    if choices:
+        other = next(choice for choice in choices if choice != default)
+        return other, other
     if isinstance(default, bool):
         return str(not default).lower(), not default
     if isinstance(default, int):
@@ -158,6 +165,7 @@ SECTIONS: dict[str, type[StoreSettings]] = {
     "postgres": PostgresSettings,
     "redis": RedisSettings,
     "questdb": QuestDBSettings,
+    "operations": OperationsSettings,
 }
 
 

@@ -112,3 +112,14 @@ class WriterClosedError(TradestoreError):
     """A row was offered to a writer that is closed or not started; nothing was accepted."""
 
     exit_code = 70  # EX_SOFTWARE
+
+
+class CheckFailedError(TradestoreError):
+    """An operations check ran and found a difference (a restore drill, a backup verify)."""
+
+    exit_code = 65  # EX_DATAERR
+
+    def __init__(self, what: str, problems: Sequence[str]) -> None:
+        self.what = what
+        self.problems = tuple(problems)
+        super().__init__(f"{what} failed: " + "; ".join(self.problems))

@@ -269,6 +269,31 @@ class QuestDBSettings(StoreSettings):
         return f"http://{self.host}:{self.http_port}"
 
 
+class OperationsSettings(StoreSettings):
+    """Backups, snapshots, compression and export (``tradestore.operations``).
+
+    Paths left unset live under the data directory, next to what they protect; point them at
+    another disk to survive the loss of this one.
+    """
+
+    backup_stanza: str = Field(default="tradestore", pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    backup_repo_path: Path | None = None
+    """pgBackRest repository; default ``<data_dir>/postgres/pgbackrest/repo``."""
+    backup_retention_full: int = Field(default=7, ge=1, le=9999)
+    """Full backups kept; older ones expire with the WAL only they needed."""
+    backup_compress_type: Literal["zst", "lz4", "gz", "bz2", "none"] = "zst"
+    backup_timeout_s: float = Field(default=3600.0, gt=0)
+    restore_port: Port = _port(25433)
+    """Where a restored cluster (``backup restore``, ``backup drill``) listens by default."""
+    snapshot_dir: Path | None = None
+    """QuestDB snapshots; default ``<data_dir>/snapshots/questdb``."""
+    snapshot_keep: int = Field(default=7, ge=1)
+    compress_after_days: int = Field(default=2, ge=1)
+    """Partitions wholly older than this many days are converted to Parquet."""
+    export_timeout_s: float = Field(default=60.0, gt=0)
+    """Longest silence from QuestDB's ``/exp`` while streaming, not the whole export."""
+
+
 class CredentialsFileSource(PydanticBaseSettingsSource):
     """Reads the passwords ``tradestore stack up`` generated, from the data directory in force."""
 
@@ -305,6 +330,7 @@ class Settings(BaseSettings):
     postgres: PostgresSettings = PostgresSettings()
     redis: RedisSettings = RedisSettings()
     questdb: QuestDBSettings = QuestDBSettings()
+    operations: OperationsSettings = OperationsSettings()
 
     def __init__(self, /, **values: Any) -> None:  # noqa: ANN401
         try:

@@ -10,6 +10,8 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from tradestore import __version__
 from tradestore.cache import apply_schema as apply_redis_schema
+from tradestore.cli import backup as backup_cli
+from tradestore.cli import export as export_cli
 from tradestore.cli import relational as relational_cli
 from tradestore.cli import stack
 from tradestore.cli import timeseries as timeseries_cli
@@ -28,6 +30,8 @@ app = typer.Typer(
 app.add_typer(stack.app, name="stack")
 app.add_typer(timeseries_cli.app, name="timeseries")
 app.add_typer(relational_cli.app, name="migrate")
+app.add_typer(backup_cli.app, name="backup")
+app.command()(export_cli.export)
 
 SCHEMAS = (
     ("postgresql", apply_postgres_schema),

@@ -11,7 +11,9 @@ a hash of the data directory's path; both directories 0700, owned by postgres), 
 Commands run as postgres are always given the real path, never the symlink. A cluster that an
 older version made inside the data directory is moved there by the next ``up`` (once stopped).
 Without root, nothing moves: the cluster is ``<data dir>/postgres`` and the server runs as the
-caller.
+caller. Every finished WAL segment is
+archived into the stack's pgBackRest repository (see ``pgbackrest.py``), so backups restore to
+any moment.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from tradestore.errors import PrerequisiteError, StackError
 from tradestore.settings import PostgresSettings, Role, Settings
 from tradestore.stack.base import median_round_trip_ms
 from tradestore.stack.lock import stack_lock
+from tradestore.stack.pgbackrest import PgBackRest
 from tradestore.stack.process import (
     chown_tree,
     make_private,
@@ -107,6 +110,14 @@ class PostgresServer:
         self.root = cluster_root(settings.data_dir)
         self.data_dir = self.root / "data"
         self.log_file = self.root / "postgres.log"
+        self.backrest = PgBackRest(
+            settings,
+            pg_data=self.data_dir,
+            root=self.root / "pgbackrest",
+            log_file=self.log_file,
+            as_owner=self._as_cluster_owner,
+            owner=SYSTEM_USER,
+        )
 
     @property
     def address(self) -> str:
@@ -181,7 +192,14 @@ class PostgresServer:
             "host all all ::1/128 scram-sha-256\n",
         )
 
+    def _archive_config(self) -> str:
+        """Archive every WAL segment into the stack's repository (a change needs a restart)."""
+        self.backrest.write_config()
+        command = self.backrest.archive_command().replace("'", "''")
+        return f"archive_mode = on\narchive_command = '{command}'\n"
+
     def _write_server_config(self) -> None:
+        archive = self._archive_config()
         write_private(
             self.data_dir / CONFIG_INCLUDE,
             "# Written by tradestore on every `stack up`; edit the settings, not this file.\n"
@@ -193,7 +211,7 @@ class PostgresServer:
             "password_encryption = 'scram-sha-256'\n"
             "wal_level = replica\n"
             "log_line_prefix = '%m [%p] %q%u@%d '\n"
-            "timezone = 'UTC'\n",
+            "timezone = 'UTC'\n" + archive,
         )
         if running_as_root():
             chown_tree(self.root, *system_user_ids(SYSTEM_USER))
@@ -264,8 +282,26 @@ class PostgresServer:
         finally:
             await connection.close()
 
+    async def _archiving_off(self) -> bool:
+        """True for a running cluster started before WAL archiving was configured."""
+        try:
+            admin = await self._connect("superuser", database="postgres")
+        except (OSError, asyncpg.PostgresError):
+            return False  # not answering: the wait below reports it
+        try:
+            return bool(await admin.fetchval("SHOW archive_mode") != "on")
+        finally:
+            await admin.close()
+
+    async def _after_ready(self) -> None:
+        """The stanza must exist before the first segment is archived, or WAL piles up."""
+        await self.backrest.ensure_stanza()
+
     async def up(self) -> None:
         async with stack_lock(self.stack_dir):
+            if self.running_pid() is not None and await self._archiving_off():
+                # archive_mode changes only with a restart: once, for a stack made before backups.
+                await self.down()
             if self.running_pid() is None:
                 await self._start()
             await wait_until_ready(
@@ -276,6 +312,7 @@ class PostgresServer:
                 still_running=lambda: self.running_pid() is not None,
             )
             await self._answers_as_app()
+            await self._after_ready()
 
     async def _start(self) -> None:
         require_free_ports(NAME, self.config.host, [self.config.port], self.log_file)
