@@ -403,9 +403,9 @@ async def test_a_claim_not_completed_within_its_lease_is_handed_out_again(
     rules = relational.rules
     token = _mint()
     [rule] = await _rules_on(relational, token, 1)
-    [first] = await rules.claim_triggered(token, Decimal(99), worker="dies", lease_s=0.3)
+    [first] = await rules.claim_triggered(token, Decimal(99), worker="dies", lease_s=1.0)
     assert await rules.claim_triggered(token, Decimal(99), worker="other") == []  # still leased
-    await asyncio.sleep(0.4)
+    await asyncio.sleep(1.1)
     # The price no longer triggers it, but it did once: the expired claim is handed out anyway.
     [second] = await rules.claim_triggered(token, Decimal(150), worker="other")
     assert second.rule.id == rule.id

@@ -40,9 +40,7 @@ def _encode(event: Event, max_json_bytes: int) -> Fields:
     """The entry's fields; data over the store's bound is refused. The types are checked again
     (cheaply) because ``model_copy(update=...)`` builds events without validation."""
     timestamp = event.timestamp
-    if not isinstance(event.event_type, str) or not (
-        isinstance(timestamp, datetime) and timestamp.utcoffset() is not None
-    ):
+    if type(event.event_type) is not str or type(timestamp) is not datetime or not timestamp.tzinfo:
         raise InvalidInputError("Event", [FieldProblem("event_type|timestamp", "not validated")])
     return {
         "event_type": event.event_type,

@@ -147,12 +147,15 @@ def compact_json(value: object) -> str:
     return json.dumps(value, separators=(",", ":"), allow_nan=False)
 
 
-def _json_size_problem(value: object, limit: int) -> str | None:
+def _bounded(value: object, limit: int) -> tuple[str, str | None]:
+    """The compact JSON of a value, and why it is refused (None when it is not)."""
     try:
-        size = len(compact_json(value))
+        encoded = compact_json(value)
     except (ValueError, TypeError, RecursionError) as error:
-        return f"not JSON: {error}"
-    return None if size <= limit else f"{size} bytes of compact JSON, more than {limit}"
+        return "", f"not JSON: {error}"
+    if len(encoded) > limit:
+        return encoded, f"{len(encoded)} bytes of compact JSON, more than {limit}"
+    return encoded, None
 
 
 def bounded_json(value: object, *, limit: int, model: str, field: str) -> str:
@@ -161,14 +164,14 @@ def bounded_json(value: object, *, limit: int, model: str, field: str) -> str:
     Stores check again what the model checked: ``model_copy(update=...)`` skips validation, and
     a store's settings may set a lower bound than the model's.
     """
-    problem = _json_size_problem(value, limit)
+    encoded, problem = _bounded(value, limit)
     if problem is not None:
         raise InvalidInputError(model, [FieldProblem(field, problem)])
-    return compact_json(value)
+    return encoded
 
 
 def _within_json_bound(value: dict[str, JsonValue]) -> dict[str, JsonValue]:
-    problem = _json_size_problem(value, MAX_JSON_BYTES)
+    _, problem = _bounded(value, MAX_JSON_BYTES)
     if problem is not None:
         raise ValueError(problem)
     return value
