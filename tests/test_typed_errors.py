@@ -316,6 +316,19 @@ async def test_a_malformed_mint_is_refused_alike_by_every_read(
         await relational.traders.get("not-a-uuid")  # type: ignore[arg-type]
 
 
+async def test_a_wrong_password_is_a_config_error_at_first_use_too(settings: Settings) -> None:
+    wrong = settings.with_changes(postgres={"app_password": "wrong"}, redis={"password": "wrong"})
+    async with RelationalStore.open(wrong, lazy=True) as relational:
+        with pytest.raises(ConfigError, match="password"):
+            await relational.tokens.get(_mint())
+    async with CacheStore.open(wrong, lazy=True) as cache:
+        with pytest.raises(ConfigError):
+            await cache.prices.get_price(_mint())
+    with pytest.raises(ConfigError, match="near cache"):
+        async with CacheStore.open(wrong, lazy=True, near_cache=True):
+            pass
+
+
 async def test_a_schema_never_applied_or_out_of_date_is_a_config_error(
     settings: Settings, tmp_path: Path
 ) -> None:

@@ -14,7 +14,7 @@ from typing import Annotated, Any, TypeVar, cast
 from uuid import UUID
 
 from asyncpg import exceptions as pg_errors
-from pydantic import Field, JsonValue
+from pydantic import Field, JsonValue, StringConstraints
 
 from tradestore.errors import (
     AmbiguousSymbolError,
@@ -43,6 +43,8 @@ SYMBOL_CANDIDATES = 50
 MAX_LEASE_S = 86_400
 
 PageSize = Annotated[int, Field(ge=1, le=MAX_PAGE)]
+AddressCursor = Annotated[str, StringConstraints(max_length=44, pattern=r"^[1-9A-HJ-NP-Za-km-z]*$")]
+"""Where a page of mints starts: an address seen, or any base58 prefix sorting before one."""
 LeaseSeconds = Annotated[float, Field(gt=0, le=MAX_LEASE_S)]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -174,9 +176,10 @@ class TokenRepository(Repository):
 
     @public
     async def page(
-        self, *, after: SolanaAddress | None = None, limit: PageSize = DEFAULT_PAGE
+        self, *, after: AddressCursor | None = None, limit: PageSize = DEFAULT_PAGE
     ) -> list[TokenInfo]:
-        """A page of mints in address order; pass the last address seen as ``after``."""
+        """A page of mints in address order, after ``after`` (the last address seen, or a
+        prefix); a cursor with a character base58 has not is refused."""
         rows = await self._db.fetch(
             f"SELECT {MINT_COLUMNS} FROM tokens"  # noqa: S608
             " WHERE address > coalesce($1, '') ORDER BY address LIMIT $2",
