@@ -113,3 +113,21 @@ async def test_redis_restart_mid_load_gives_typed_errors_then_recovers(stack: Lo
         await prices.set_price(mint, Decimal("12345"))
         await near.sync()
         assert await near.get_price(mint) == Decimal("12345")
+
+
+async def test_first_calls_on_idle_connections_after_a_restart_are_retried(
+    stack: LocalStack,
+) -> None:
+    """Each pooled connection Redis closed in its restart fails its next command once; the
+    client's one retry sends it again on a fresh connection, so no caller sees the failure."""
+    mints = [token() for _ in range(5)]
+    async with CacheStore.open(stack.settings) as cache:
+        # Five callers at once leave five connections idle in the pool.
+        await asyncio.gather(*(cache.prices.set_price(mint, Decimal(1)) for mint in mints))
+        redis_server = stack.server("redis")
+        await redis_server.down()
+        await redis_server.up()
+        prices = await asyncio.gather(*(cache.prices.get_price(mint) for mint in mints))
+        assert prices == [None] * len(mints)  # persistence is off: the restart emptied Redis
+        await cache.prices.set_price(mints[0], Decimal(2))
+        assert await cache.prices.get_price(mints[0]) == Decimal(2)

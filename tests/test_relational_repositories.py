@@ -19,13 +19,23 @@ from hypothesis import strategies as st
 from solders.pubkey import Pubkey
 
 from tests.support import postgres
-from tradestore.errors import AmbiguousSymbolError, InvalidInputError, NotFoundError
+from tradestore.errors import (
+    AmbiguousSymbolError,
+    ClaimLostError,
+    InvalidInputError,
+    NotFoundError,
+)
 from tradestore.models import NodeHealth, OrderRule, TokenInfo, TraderConfig
 from tradestore.models.base import CircuitState, RuleType, TradingMode
 from tradestore.relational import RelationalStore
 from tradestore.settings import Settings
 
 LAMPORT = Decimal("0.000000001")
+CASE_PAIR = (
+    "8EjkXVSTxMFjCvNNsTo8RBMDEVQmk7gYkW4SCDuvdsBG",
+    "8ejkxvstxmfjcvnnsto8rbmdevqmk7gykw4scduvdsbg",
+)
+"""A mint whose lower-cased spelling is another valid mint."""
 
 
 def _mint() -> str:
@@ -58,7 +68,10 @@ async def test_token_by_address_is_exact_and_upsert_replaces(relational: Relatio
     assert stored.last_updated is not None
     assert stored.last_updated.tzinfo is not None
     assert await relational.tokens.get(token.address) == stored
-    assert await relational.tokens.get(token.address.lower()) is None  # base58 is case-sensitive
+    # base58 is case-sensitive: this mint lower-cased is another valid mint, not this one.
+    mixed = await relational.tokens.upsert(_token(address=CASE_PAIR[0]))
+    assert await relational.tokens.get(CASE_PAIR[1]) is None
+    assert await relational.tokens.get(CASE_PAIR[0]) == mixed
     renamed = await relational.tokens.upsert(token.model_copy(update={"name": "Renamed"}))
     assert renamed.name == "Renamed"
     assert renamed.last_updated is not None
@@ -329,22 +342,29 @@ def _rule(trader_id: UUID, token: str, rule_type: RuleType, price: str) -> Order
 async def test_rules_fire_on_the_right_side_of_their_price(relational: RelationalStore) -> None:
     trader = await relational.traders.create(_trader())
     token = _mint()
-    stop = await relational.rules.create(_rule(trader.id, token, RuleType.STOP_LOSS, "90"))
-    take = await relational.rules.create(_rule(trader.id, token, RuleType.TAKE_PROFIT, "110"))
-    open_rules = await relational.rules.list_open(token=token)
+    rules = relational.rules
+    stop = await rules.create(_rule(trader.id, token, RuleType.STOP_LOSS, "90"))
+    take = await rules.create(_rule(trader.id, token, RuleType.TAKE_PROFIT, "110"))
+    open_rules = await rules.list_open(token=token)
     assert [rule.id for rule in open_rules] == [stop.id, take.id]
-    assert await relational.rules.list_open(trader_id=trader.id, token=token) == open_rules
-    assert await relational.rules.claim_triggered(token, Decimal(100)) == []
-    assert await relational.rules.claim_triggered(token, Decimal(90) + LAMPORT) == []
-    [fired_stop] = await relational.rules.claim_triggered(token, Decimal(90))
-    assert fired_stop.id == stop.id
-    assert fired_stop.triggered_at is not None
-    assert await relational.rules.claim_triggered(token, Decimal(50)) == []  # already fired
-    assert await relational.rules.claim_triggered(token, Decimal(110) - LAMPORT) == []
-    [fired_take] = await relational.rules.claim_triggered(token, Decimal(110))
-    assert fired_take.id == take.id
-    assert await relational.rules.list_open(token=token) == []
-    assert await relational.rules.get(stop.id) == fired_stop
+    assert await rules.list_open(trader_id=trader.id, token=token) == open_rules
+    assert await rules.claim_triggered(token, Decimal(100), worker="w") == []
+    assert await rules.claim_triggered(token, Decimal(90) + LAMPORT, worker="w") == []
+    [fired_stop] = await rules.claim_triggered(token, Decimal(90), worker="w")
+    assert fired_stop.rule.id == stop.id
+    assert fired_stop.rule.triggered_at is not None
+    assert fired_stop.rule.executed_at is None
+    assert (fired_stop.worker, fired_stop.attempt) == ("w", 1)
+    assert await rules.claim_triggered(token, Decimal(50), worker="w") == []  # leased
+    assert await rules.claim_triggered(token, Decimal(110) - LAMPORT, worker="w") == []
+    [fired_take] = await rules.claim_triggered(token, Decimal(110), worker="w")
+    assert fired_take.rule.id == take.id
+    assert await rules.list_open(token=token) == []
+    assert await rules.get(stop.id) == fired_stop.rule
+    done = await rules.complete(fired_stop)
+    assert done.executed_at is not None
+    assert done.triggered_at == fired_stop.rule.triggered_at
+    assert await rules.get(stop.id) == done
 
 
 async def test_rule_for_unknown_trader_is_not_found(relational: RelationalStore) -> None:
@@ -352,13 +372,72 @@ async def test_rule_for_unknown_trader_is_not_found(relational: RelationalStore)
         await relational.rules.create(_rule(uuid4(), _mint(), RuleType.STOP_LOSS, "1"))
 
 
-async def test_claim_refuses_a_bad_price_or_token(relational: RelationalStore) -> None:
-    with pytest.raises(InvalidInputError):
-        await relational.rules.claim_triggered(_mint(), Decimal(-1))
-    with pytest.raises(InvalidInputError):
-        await relational.rules.claim_triggered("not-a-mint", Decimal(1))
+async def test_claim_refuses_a_bad_price_token_worker_or_lease(
+    relational: RelationalStore,
+) -> None:
+    for arguments in [
+        {"token": _mint(), "price": Decimal(-1), "worker": "w"},
+        {"token": "not-a-mint", "price": Decimal(1), "worker": "w"},
+        {"token": _mint(), "price": Decimal(1), "worker": ""},
+        {"token": _mint(), "price": Decimal(1), "worker": "w", "lease_s": 0},
+    ]:
+        with pytest.raises(InvalidInputError):
+            await relational.rules.claim_triggered(**arguments)  # type: ignore[arg-type]
     with pytest.raises(InvalidInputError):
         await relational.rules.list_open()
+
+
+async def _rules_on(
+    relational: RelationalStore, token: str, count: int, price: str = "100"
+) -> list[OrderRule]:
+    trader = await relational.traders.create(_trader())
+    return [
+        await relational.rules.create(_rule(trader.id, token, RuleType.STOP_LOSS, price))
+        for _ in range(count)
+    ]
+
+
+async def test_a_claim_not_completed_within_its_lease_is_handed_out_again(
+    relational: RelationalStore,
+) -> None:
+    rules = relational.rules
+    token = _mint()
+    [rule] = await _rules_on(relational, token, 1)
+    [first] = await rules.claim_triggered(token, Decimal(99), worker="dies", lease_s=1.0)
+    assert await rules.claim_triggered(token, Decimal(99), worker="other") == []  # still leased
+    await asyncio.sleep(1.1)
+    # The price no longer triggers it, but it did once: the expired claim is handed out anyway.
+    [second] = await rules.claim_triggered(token, Decimal(150), worker="other")
+    assert second.rule.id == rule.id
+    assert (second.worker, second.attempt) == ("other", 2)
+    assert second.claim_token != first.claim_token
+    assert second.rule.triggered_at == first.rule.triggered_at, "first met stays first met"
+    with pytest.raises(ClaimLostError):
+        await rules.complete(first)
+    assert not await rules.release(first)
+    done = await rules.complete(second)
+    assert await rules.complete(second) == done, "completing again under one claim is a no-op"
+    assert await rules.claim_triggered(token, Decimal(1), worker="late", lease_s=0.01) == []
+    await asyncio.sleep(0.05)
+    assert await rules.claim_triggered(token, Decimal(1), worker="late") == [], "never again"
+
+
+async def test_a_released_claim_is_handed_out_at_once_and_a_late_holder_cannot_complete(
+    relational: RelationalStore,
+) -> None:
+    rules = relational.rules
+    token = _mint()
+    [rule] = await _rules_on(relational, token, 1)
+    [claim] = await rules.claim_triggered(token, Decimal(100), worker="a", lease_s=600)
+    assert await rules.release(claim)
+    with pytest.raises(ClaimLostError):
+        await rules.complete(claim)
+    [again] = await rules.claim_triggered(token, Decimal(500), worker="b", lease_s=600)
+    assert (again.rule.id, again.attempt) == (rule.id, 2)
+    assert not await rules.release(claim), "a stale claim hands back nothing"
+    completed = await rules.complete(again)
+    assert completed.executed_at is not None
+    assert not await rules.release(again), "an executed rule is never handed back"
 
 
 async def test_concurrent_workers_fire_each_rule_exactly_once(
@@ -398,10 +477,11 @@ async def test_concurrent_workers_fire_each_rule_exactly_once(
             claimed: list[UUID] = []
             order = prices[:]
             random.Random(number).shuffle(order)  # noqa: S311
+            store = workers[number % len(workers)]
             for price in order:
                 for token in tokens:
-                    fired = await workers[number % len(workers)].rules.claim_triggered(token, price)
-                    claimed.extend(rule.id for rule in fired)
+                    fired = await store.rules.claim_triggered(token, price, worker=f"w{number}")
+                    claimed.extend(claim.rule.id for claim in fired)
             return claimed
 
         results = await asyncio.gather(*(worker(number) for number in range(12)))

@@ -148,7 +148,9 @@ def _changed_value(name: str, field: FieldInfo) -> tuple[str, object]:  # noqa: 
     if isinstance(default, bool):
         return str(not default).lower(), not default
     if isinstance(default, int):
-        return str(default + 1), default + 1
+        at_ceiling = any(getattr(bound, "le", None) == default for bound in field.metadata)
+        changed = default - 1 if at_ceiling else default + 1
+        return str(changed), changed
     if isinstance(default, float):
         return str(default * 2), default * 2
     if isinstance(default, str):

@@ -91,6 +91,20 @@ class NotFoundError(TradestoreError):
     exit_code = 66  # EX_NOINPUT
 
 
+class ClaimLostError(TradestoreError):
+    """A claim on an order rule is no longer held: its lease ran out and another worker took
+    the rule, or it was released. The rule must not be executed under this claim."""
+
+    exit_code = 75  # EX_TEMPFAIL
+
+
+class InternalError(TradestoreError):
+    """A store refused an operation in a way tradestore does not expect: a defect to report,
+    never a driver exception leaking to the caller."""
+
+    exit_code = 70  # EX_SOFTWARE
+
+
 class AmbiguousSymbolError(TradestoreError):
     """A symbol names several mints: look the token up by its address instead."""
 

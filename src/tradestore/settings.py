@@ -28,6 +28,7 @@ from pydantic_settings import (
 )
 
 from tradestore.errors import ConfigError
+from tradestore.models.base import MAX_JSON_BYTES
 
 CREDENTIALS_FILE = "credentials.json"
 LOOPBACK = "127.0.0.1"
@@ -88,6 +89,12 @@ class PostgresSettings(StoreSettings):
     command_timeout_s: Seconds = Field(default=10.0, gt=0)
     """Every query; one that takes longer fails with StoreUnavailableError."""
     idle_timeout_s: Seconds = Field(default=600.0, gt=0)
+    rule_lease_s: Seconds = Field(default=30.0, gt=0, le=86_400)
+    """How long a claimed order rule is a worker's alone; past it, uncompleted, it is handed out
+    again. Longer than executing a batch of rules takes, short enough to bound a dead worker."""
+    max_json_bytes: int = Field(default=MAX_JSON_BYTES, ge=2, le=MAX_JSON_BYTES)
+    """Token extensions larger than this (compact JSON) are refused; the models' 64 KiB is the
+    ceiling."""
 
     @model_validator(mode="after")
     def _pool_bounds(self) -> Self:
@@ -153,6 +160,8 @@ class RedisSettings(StoreSettings):
     stream_maxlen: int = Field(default=10_000, gt=0)
     """Approximate cap (XADD MAXLEN ~): Redis trims whole macro nodes, so a few more may stay."""
     dead_letter_suffix: str = ":dead-letter"
+    max_json_bytes: int = Field(default=MAX_JSON_BYTES, ge=2, le=MAX_JSON_BYTES)
+    """Event data larger than this (compact JSON) is refused; the models' 64 KiB is the ceiling."""
     read_count: int = Field(default=100, gt=0)
     block_ms: int = Field(default=1_000, ge=0)
     claim_idle_ms: int = Field(default=30_000, gt=0)

@@ -8,12 +8,28 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.connection import HiredisRespSerializer
-from redis.exceptions import AuthenticationError, RedisError
+from redis.exceptions import (
+    AuthenticationError,
+    AuthorizationError,
+    BusyLoadingError,
+    NoPermissionError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import DataError as RedisDataError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.typing import EncodableT
 
-from tradestore.errors import ConfigError, StoreUnavailableError
+from tradestore.errors import (
+    ConfigError,
+    FieldProblem,
+    InternalError,
+    InvalidInputError,
+    StoreUnavailableError,
+)
 from tradestore.settings import RedisSettings
 
 
@@ -78,8 +94,22 @@ class RedisConnections:
         await self.redis.aclose()
 
 
+_REFUSED_LOGIN = (AuthenticationError, AuthorizationError, NoPermissionError)
+"""A wrong password, or a user whose ACL does not allow what tradestore sends."""
+
+_UNAVAILABLE = (
+    RedisConnectionError,  # refused, reset, closed by the server, no pooled connection free
+    RedisTimeoutError,
+    OSError,
+    BusyLoadingError,
+    OutOfMemoryError,  # maxmemory reached with nothing evictable
+    ReadOnlyError,  # a replica, during a failover
+    TryAgainError,
+)
+
+
 class translated_errors:
-    """Turn redis-py's connection failures into tradestore's own types.
+    """Turn every redis-py failure into tradestore's own types.
 
     A class rather than ``@contextmanager``: it wraps every price read, and a generator-based
     context manager costs a few microseconds more per call.
@@ -101,9 +131,13 @@ class translated_errors:
     ) -> None:
         if error is None:
             return
-        if isinstance(error, AuthenticationError):
-            raise ConfigError(f"redis: {self.what}: authentication refused: {error}") from error
-        if isinstance(error, RedisConnectionError | RedisTimeoutError | OSError):
+        if isinstance(error, _REFUSED_LOGIN):
+            raise ConfigError(f"redis: {self.what}: refused: {error}") from error
+        if isinstance(error, _UNAVAILABLE):
             raise StoreUnavailableError(f"redis: {self.what}: {error}") from error
         if isinstance(error, RedisError) and str(error).startswith("LOADING"):
             raise StoreUnavailableError(f"redis: {self.what}: {error}") from error
+        if isinstance(error, RedisDataError):  # a value redis-py cannot send
+            raise InvalidInputError(self.what, [FieldProblem("(arguments)", str(error))]) from None
+        if isinstance(error, RedisError):
+            raise InternalError(f"redis: {self.what}: {error}") from error

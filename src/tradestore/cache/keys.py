@@ -24,6 +24,8 @@ def _valid_address(value: str) -> str:
 
 def address(value: str, what: str) -> str:
     """A validated base58 address; anything else is refused before Redis sees it."""
+    if type(value) is not str:
+        raise InvalidInputError(what, [FieldProblem(field=what, reason="must be a string")])
     try:
         return _valid_address(value)
     except PydanticValidationError as error:

@@ -27,12 +27,14 @@ import anyio
 import anyio.lowlevel
 import coredis
 from coredis.commands.constants import CommandName
+from coredis.exceptions import AuthenticationError as CoredisAuthenticationError
+from coredis.exceptions import AuthorizationError as CoredisAuthorizationError
 from coredis.exceptions import RedisError as CoredisError
 from coredis.patterns.cache import AbstractCache, CacheStats, NodeTrackingCache
 from coredis.typing import RedisValueT, ResponseType
 
 from tradestore.cache.keys import address, decode_price, price_key
-from tradestore.errors import StoreUnavailableError
+from tradestore.errors import ConfigError, StoreUnavailableError
 from tradestore.lifecycle import Lifecycle
 from tradestore.settings import RedisSettings
 
@@ -188,6 +190,8 @@ class NearCache(Lifecycle):
     async def start(self) -> None:
         try:
             await self._exit.enter_async_context(self._client)
+        except (CoredisAuthenticationError, CoredisAuthorizationError) as error:
+            raise ConfigError(f"redis: near cache: refused: {error}") from error
         except (CoredisError, OSError) as error:
             raise StoreUnavailableError(f"redis: near cache: {error}") from error
 

@@ -16,6 +16,7 @@ from tradestore.cache.keys import (
     price_key,
 )
 from tradestore.errors import InvalidInputError
+from tradestore.models.base import validate_arguments
 from tradestore.models.cache import PoolState, PriceQuote
 
 logger = logging.getLogger(__name__)
@@ -25,16 +26,19 @@ T = TypeVar("T")
 class PriceCache:
     """Prices as exact decimal strings and pool states as JSON, both with a millisecond TTL.
 
-    A miss (absent or expired) is ``None``; batched calls take one round trip.
+    A miss (absent or expired) is ``None``; batched calls take one round trip. Every argument is
+    validated first (InvalidInputError); ``get_price``, the hot path, checks its one by hand.
     """
 
     def __init__(self, connections: RedisConnections) -> None:
         self._client = connections.redis
         self._config = connections.settings
 
+    @validate_arguments
     async def set_price(self, token: str, price: Decimal) -> None:
         await self.set_prices({token: price})
 
+    @validate_arguments
     async def set_prices(self, prices: Mapping[str, Decimal]) -> None:
         """Every price validated first, then all written in one pipelined round trip."""
         quotes = [PriceQuote(token=token, price=price) for token, price in prices.items()]
@@ -55,14 +59,17 @@ class PriceCache:
             raw = await self._client.get(key)
         return decode_price(key, raw)
 
+    @validate_arguments
     async def get_prices(self, tokens: Sequence[str]) -> dict[str, Decimal | None]:
         """One MGET for all tokens; each absent or expired one maps to ``None``."""
         keys = [price_key(address(token, "token")) for token in tokens]
         return await self._mget(tokens, keys, decode_price)
 
+    @validate_arguments
     async def set_pool(self, state: PoolState) -> None:
         await self.set_pools([state])
 
+    @validate_arguments
     async def set_pools(self, states: Iterable[PoolState]) -> None:
         ttl = self._config.pool_ttl_ms
         pairs = [(pool_key(state.address), state.model_dump_json()) for state in states]
@@ -72,9 +79,11 @@ class PriceCache:
                     pipe.set(key, value, px=ttl)
                 await pipe.execute()
 
+    @validate_arguments
     async def get_pool(self, pool_address: str) -> PoolState | None:
         return (await self.get_pools([pool_address]))[pool_address]
 
+    @validate_arguments
     async def get_pools(self, addresses: Sequence[str]) -> dict[str, PoolState | None]:
         """One MGET for all pools; each absent or expired one maps to ``None``."""
         keys = [pool_key(address(value, "pool_address")) for value in addresses]

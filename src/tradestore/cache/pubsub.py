@@ -13,6 +13,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from pydantic import StrictStr
 from redis.asyncio.client import PubSub
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -20,6 +21,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from tradestore.cache.client import RedisConnections, translated_errors
 from tradestore.errors import StoreUnavailableError, WriterClosedError
 from tradestore.lifecycle import Lifecycle
+from tradestore.models.base import validate_arguments
+from tradestore.models.cache import RedisName
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +56,8 @@ class CoalescingPublisher(Lifecycle):
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
 
-    def offer(self, channel: str, message: str) -> None:
+    @validate_arguments
+    def offer(self, channel: RedisName, message: StrictStr) -> None:
         """Replace the channel's pending message; it goes out on the next tick."""
         if self._task is None:
             raise WriterClosedError("use the publisher as `async with cache.publisher()`")
@@ -107,13 +111,14 @@ async def subscribe(connections: RedisConnections, *channels: str) -> AsyncItera
     while True:
         pubsub = client.pubsub(ignore_subscribe_messages=True)
         try:
-            await pubsub.subscribe(*channels)
-            while True:
-                raw = await pubsub.get_message(ignore_subscribe_messages=True, timeout=_POLL_S)
-                failures = 0
-                if raw is not None and raw.get("type") == "message":
-                    yield Message(channel=str(raw["channel"]), data=str(raw["data"]))
-        except (RedisConnectionError, RedisTimeoutError, OSError) as error:
+            with translated_errors(f"subscribe to {', '.join(channels)}"):
+                await pubsub.subscribe(*channels)
+                while True:
+                    raw = await pubsub.get_message(ignore_subscribe_messages=True, timeout=_POLL_S)
+                    failures = 0
+                    if raw is not None and raw.get("type") == "message":
+                        yield Message(channel=str(raw["channel"]), data=str(raw["data"]))
+        except StoreUnavailableError as error:
             logger.info("pub/sub link lost (%s), subscribing again", error)
         finally:
             await _close_quietly(pubsub)

@@ -11,8 +11,10 @@ from tradestore.cache.near import NearCache
 from tradestore.cache.prices import PriceCache
 from tradestore.cache.pubsub import CoalescingPublisher, Message, subscribe
 from tradestore.cache.streams import EventStream, StreamConsumer, Streams
-from tradestore.errors import ConfigError
+from tradestore.errors import ConfigError, FieldProblem, InvalidInputError
 from tradestore.lifecycle import Lifecycle
+from tradestore.models.base import validate_arguments
+from tradestore.models.cache import RedisName
 from tradestore.settings import Settings
 
 
@@ -56,11 +58,13 @@ class CacheStore(Lifecycle):
             )
         return self._near
 
-    def stream(self, name: str) -> EventStream:
+    @validate_arguments
+    def stream(self, name: RedisName) -> EventStream:
         """Publishing to any stream (the platform's three are ``streams``), capped the same way."""
         return EventStream(self._connections, name)
 
-    def consumer(self, stream: str, group: str, consumer: str) -> StreamConsumer:
+    @validate_arguments
+    def consumer(self, stream: RedisName, group: RedisName, consumer: RedisName) -> StreamConsumer:
         """One named consumer of a group on a stream (the group is created on demand)."""
         return StreamConsumer(self._connections, stream, group, consumer)
 
@@ -69,8 +73,11 @@ class CacheStore(Lifecycle):
         ``redis.pubsub_hz`` messages a second per channel."""
         return CoalescingPublisher(self._connections)
 
-    def subscribe(self, *channels: str) -> AsyncIterator[Message]:
+    @validate_arguments
+    def subscribe(self, *channels: RedisName) -> AsyncIterator[Message]:
         """Messages of the channels as they come, across Redis restarts."""
+        if not channels:
+            raise InvalidInputError("subscribe", [FieldProblem("channels", "name at least one")])
         return subscribe(self._connections, *channels)
 
     async def start(self) -> None:

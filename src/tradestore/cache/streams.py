@@ -15,13 +15,15 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
+from pydantic import Field
 from redis.exceptions import ResponseError
 from redis.typing import EncodableT, FieldT
 
 from tradestore.cache.client import RedisConnections, translated_errors
-from tradestore.errors import ConfigError, InvalidInputError
+from tradestore.errors import ConfigError, FieldProblem, InvalidInputError
+from tradestore.models.base import I32_MAX, bounded_json, validate_arguments
 from tradestore.models.cache import Event
 
 logger = logging.getLogger(__name__)
@@ -34,11 +36,16 @@ _SOCKET_MARGIN_S = 1.0
 Fields = dict[FieldT, EncodableT]
 
 
-def _encode(event: Event) -> Fields:
+def _encode(event: Event, max_json_bytes: int) -> Fields:
+    """The entry's fields; data over the store's bound is refused. The types are checked again
+    (cheaply) because ``model_copy(update=...)`` builds events without validation."""
+    timestamp = event.timestamp
+    if type(event.event_type) is not str or type(timestamp) is not datetime or not timestamp.tzinfo:
+        raise InvalidInputError("Event", [FieldProblem("event_type|timestamp", "not validated")])
     return {
         "event_type": event.event_type,
-        "timestamp": event.timestamp.isoformat(),
-        "data": json.dumps(event.data, separators=(",", ":")),
+        "timestamp": timestamp.isoformat(),
+        "data": bounded_json(event.data, limit=max_json_bytes, model="Event", field="data"),
     }
 
 
@@ -85,6 +92,10 @@ return ids
 """
 
 
+NonNegativeMs = Annotated[int, Field(ge=0, le=I32_MAX)]
+PositiveMs = Annotated[int, Field(gt=0, le=I32_MAX)]
+
+
 class EventStream:
     """Typed publishing to one stream, capped at about ``stream_maxlen`` entries."""
 
@@ -95,14 +106,17 @@ class EventStream:
         # redis-py sends EVALSHA and loads the script again after NOSCRIPT (a restart).
         self._publish_batch = client.register_script(_PUBLISH_BATCH_LUA)
 
+    @validate_arguments
     async def publish(self, event: Event) -> str:
         """XADD with MAXLEN ~; returns the entry id Redis assigned."""
+        fields = _encode(event, self._config.max_json_bytes)
         with translated_errors(f"publish to {self.name}"):
             entry_id = await self._client.xadd(
-                self.name, _encode(event), maxlen=self._config.stream_maxlen, approximate=True
+                self.name, fields, maxlen=self._config.stream_maxlen, approximate=True
             )
         return str(entry_id)
 
+    @validate_arguments
     async def publish_many(self, events: Sequence[Event]) -> list[str]:
         """Publish a batch with one command per ``PUBLISH_BATCH`` entries (a Lua loop of XADDs).
 
@@ -110,11 +124,12 @@ class EventStream:
         clients' commands in between (so chunks stay small, to keep Redis' pauses short); it is
         not all-or-nothing: should Redis fail mid-chunk, the entries before the failure stay.
         """
+        bound = self._config.max_json_bytes
+        encoded = [_encode(event, bound) for event in events]  # all refused, or none
         ids: list[str] = []
-        for start in range(0, len(events), PUBLISH_BATCH):
+        for start in range(0, len(encoded), PUBLISH_BATCH):
             args: list[EncodableT] = [self._config.stream_maxlen]
-            for event in events[start : start + PUBLISH_BATCH]:
-                fields = _encode(event)
+            for fields in encoded[start : start + PUBLISH_BATCH]:
                 args += (fields["event_type"], fields["timestamp"], fields["data"])
             with translated_errors(f"publish to {self.name}"):
                 added = await self._publish_batch(keys=[self.name], args=args)
@@ -169,7 +184,8 @@ class StreamConsumer:
         self.stats.groups_created += 1
         return True
 
-    async def read(self, block_ms: int | None = None) -> list[Event]:
+    @validate_arguments
+    async def read(self, block_ms: NonNegativeMs | None = None) -> list[Event]:
         """Up to ``read_count`` new entries, waiting up to ``block_ms`` for the first one.
 
         ``block_ms=0`` does not wait at all (unlike Redis' BLOCK 0, which waits forever and would
@@ -198,6 +214,7 @@ class StreamConsumer:
             block=block or None,
         )
 
+    @validate_arguments
     async def ack(self, events: Sequence[Event]) -> int:
         """XACK; returns how many were still pending (0 for a group a restart removed)."""
         ids = [event.id for event in events if event.id is not None]
@@ -213,7 +230,8 @@ class StreamConsumer:
         self.stats.acked += acked
         return acked
 
-    async def claim_stale(self, min_idle_ms: int | None = None) -> list[Event]:
+    @validate_arguments
+    async def claim_stale(self, min_idle_ms: PositiveMs | None = None) -> list[Event]:
         """Take over entries pending longer than ``min_idle_ms`` (a consumer that died)."""
         idle = self._config.claim_idle_ms if min_idle_ms is None else min_idle_ms
         claimed: list[tuple[str, dict[str, str] | None]] = []

@@ -8,7 +8,13 @@ from tradestore.models.base import (
     TradingMode,
 )
 from tradestore.models.cache import Event, PoolState, PriceQuote
-from tradestore.models.relational import NodeHealth, OrderRule, TokenInfo, TraderConfig
+from tradestore.models.relational import (
+    NodeHealth,
+    OrderRule,
+    RuleClaim,
+    TokenInfo,
+    TraderConfig,
+)
 from tradestore.models.timeseries import Metric, MevEvent, Position, Trade
 
 __all__ = [
@@ -21,6 +27,7 @@ __all__ = [
     "PoolState",
     "Position",
     "PriceQuote",
+    "RuleClaim",
     "RuleType",
     "TokenInfo",
     "Trade",

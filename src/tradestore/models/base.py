@@ -6,17 +6,23 @@ is refused before any store sees it.
 
 from __future__ import annotations
 
+import functools
+import inspect
+import json
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from enum import StrEnum
-from typing import Annotated, Any, Self
+from typing import Annotated, Any, Self, TypeVar, cast
 
 from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
+    JsonValue,
     StringConstraints,
+    validate_call,
 )
 from pydantic import ValidationError as PydanticValidationError
 from solders.pubkey import Pubkey
@@ -29,14 +35,23 @@ I32_MAX = 2**31 - 1
 BPS_MAX = 10_000
 MONEY_DIGITS = 38
 MONEY_DECIMALS = 18
+MAX_JSON_BYTES = 64 * 1024
+"""Ceiling of every free JSON field (token extensions, event data), as compact JSON: a stream
+entry or a row stays small. Settings may lower it per store (``max_json_bytes``), not raise it."""
 
 
-def _to_invalid_input(error: PydanticValidationError, model: str) -> InvalidInputError:
+def _to_invalid_input(
+    error: PydanticValidationError, model: str, parameters: Sequence[str] = ()
+) -> InvalidInputError:
+    """Each problem named by its field (or, for a call, its parameter: not its position)."""
+
+    def where(loc: tuple[int | str, ...]) -> str:
+        if parameters and loc and isinstance(loc[0], int):  # a positional argument of a call
+            loc = (parameters[min(loc[0], len(parameters) - 1)], *loc[1:])
+        return ".".join(str(part) for part in loc) or "(model)"
+
     problems = [
-        FieldProblem(
-            field=".".join(str(part) for part in detail["loc"]) or "(model)",
-            reason=detail["msg"],
-        )
+        FieldProblem(field=where(detail["loc"]), reason=detail["msg"])
         for detail in error.errors(include_url=False)
     ]
     return InvalidInputError(model, problems)
@@ -125,6 +140,95 @@ def _transaction_signature(value: str) -> str:
         return str(Signature.from_string(value))
     except ValueError as error:
         raise ValueError(f"not a transaction signature (base58 of 64 bytes): {error}") from None
+
+
+def compact_json(value: object) -> str:
+    """JSON as the stores write it: no spaces, ASCII only, no NaN (ValueError)."""
+    return json.dumps(value, separators=(",", ":"), allow_nan=False)
+
+
+def _bounded(value: object, limit: int) -> tuple[str, str | None]:
+    """The compact JSON of a value, and why it is refused (None when it is not)."""
+    try:
+        encoded = compact_json(value)
+    except (ValueError, TypeError, RecursionError) as error:
+        return "", f"not JSON: {error}"
+    if len(encoded) > limit:
+        return encoded, f"{len(encoded)} bytes of compact JSON, more than {limit}"
+    return encoded, None
+
+
+def bounded_json(value: object, *, limit: int, model: str, field: str) -> str:
+    """The compact JSON of a value a store is about to write, refused when over ``limit``.
+
+    Stores check again what the model checked: ``model_copy(update=...)`` skips validation, and
+    a store's settings may set a lower bound than the model's.
+    """
+    encoded, problem = _bounded(value, limit)
+    if problem is not None:
+        raise InvalidInputError(model, [FieldProblem(field, problem)])
+    return encoded
+
+
+def _within_json_bound(value: dict[str, JsonValue]) -> dict[str, JsonValue]:
+    _, problem = _bounded(value, MAX_JSON_BYTES)
+    if problem is not None:
+        raise ValueError(problem)
+    return value
+
+
+JsonObject = Annotated[dict[str, JsonValue], AfterValidator(_within_json_bound)]
+"""Free JSON keyed by name, at most ``MAX_JSON_BYTES`` of compact JSON."""
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _revalidated(value: object) -> object:
+    """A model argument checked again: ``model_copy(update=...)`` builds one without checks."""
+    if isinstance(value, TradestoreModel):
+        return type(value).model_validate(dict(value))
+    return value
+
+
+def validate_arguments(function: F) -> F:
+    """Check a public call's arguments against its annotations before it runs, as leniently as
+    the models do; a bad one raises InvalidInputError naming it, so no driver sees it. A model
+    passed as an argument is validated again, however it was built (not the items of a sequence:
+    the stores check those as they encode them)."""
+
+    @functools.wraps(function)
+    def with_models_checked(*args: Any, **kwargs: Any) -> Any:  # noqa: ANN401
+        return function(
+            *map(_revalidated, args), **{name: _revalidated(v) for name, v in kwargs.items()}
+        )
+
+    checked = validate_call(with_models_checked)
+    where = function.__qualname__
+    parameters = [  # by position; arguments past the last go to *args, if any
+        parameter.name
+        for parameter in inspect.signature(function).parameters.values()
+        if parameter.kind is not inspect.Parameter.KEYWORD_ONLY
+        and parameter.kind is not inspect.Parameter.VAR_KEYWORD
+    ]
+    if inspect.iscoroutinefunction(function):
+
+        @functools.wraps(function)
+        async def checked_coroutine(*args: Any, **kwargs: Any) -> Any:  # noqa: ANN401
+            try:
+                return await checked(*args, **kwargs)
+            except PydanticValidationError as error:
+                raise _to_invalid_input(error, where, parameters) from None
+
+        return cast(F, checked_coroutine)
+
+    @functools.wraps(function)
+    def checked_function(*args: Any, **kwargs: Any) -> Any:  # noqa: ANN401
+        try:
+            return checked(*args, **kwargs)
+        except PydanticValidationError as error:
+            raise _to_invalid_input(error, where, parameters) from None
+
+    return cast(F, checked_function)
 
 
 def utc_now() -> datetime:

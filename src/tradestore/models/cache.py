@@ -5,11 +5,12 @@ from __future__ import annotations
 import re
 from typing import Annotated, Self
 
-from pydantic import Field, JsonValue, StringConstraints, model_validator
+from pydantic import Field, StringConstraints, model_validator
 
 from tradestore.models.base import (
     BasisPoints,
     Identifier,
+    JsonObject,
     Lamports,
     Money,
     PositiveMoney,
@@ -21,6 +22,8 @@ from tradestore.models.base import (
 
 STREAM_ID = re.compile(r"^\d+-\d+$")
 DexName = Annotated[str, StringConstraints(min_length=1, max_length=32, pattern=r"^[a-z0-9_\-]+$")]
+RedisName = Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=r"^[!-~]+$")]
+"""A stream, group, consumer or channel name: printable ASCII without spaces."""
 
 
 class PoolState(TradestoreModel):
@@ -58,4 +61,5 @@ class Event(TradestoreModel):
     id: Annotated[str, StringConstraints(pattern=STREAM_ID.pattern, max_length=41)] | None = None
     event_type: Identifier
     timestamp: UtcDatetime = Field(default_factory=utc_now)
-    data: dict[str, JsonValue] = Field(default_factory=dict)
+    data: JsonObject = Field(default_factory=dict)
+    """At most 64 KiB as compact JSON: a stream capped at 10,000 entries stays small."""

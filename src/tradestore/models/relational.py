@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Annotated, Self
 from uuid import UUID, uuid4
 
-from pydantic import AnyUrl, Field, JsonValue, UrlConstraints, model_validator
+from pydantic import AfterValidator, AnyUrl, Field, TypeAdapter, UrlConstraints, model_validator
 
 from tradestore.models.base import (
     BasisPoints,
     CircuitState,
     Fraction,
+    JsonObject,
     Milliseconds,
     Money,
     PositiveMoney,
@@ -27,6 +28,16 @@ from tradestore.models.base import (
 NodeUrl = Annotated[
     AnyUrl, UrlConstraints(max_length=255, allowed_schemes=["http", "https", "ws", "wss"])
 ]
+_NODE_URL: TypeAdapter[AnyUrl] = TypeAdapter(NodeUrl)
+
+
+def _node_name(value: str) -> str:
+    return str(_NODE_URL.validate_python(value))
+
+
+NodeName = Annotated[str, AfterValidator(_node_name)]
+"""A node as callers name it, normalised the way NodeHealth stores it (``https://x`` is
+``https://x/``)."""
 
 
 class TokenInfo(TradestoreModel):
@@ -38,8 +49,8 @@ class TokenInfo(TradestoreModel):
     decimals: Annotated[int, Field(ge=0, le=255)]
     has_transfer_fee: bool = False
     transfer_fee_bps: BasisPoints | None = None
-    extensions: dict[str, JsonValue] = Field(default_factory=dict)
-    """Token-2022 extensions by name, exactly as read from chain."""
+    extensions: JsonObject = Field(default_factory=dict)
+    """Token-2022 extensions by name, exactly as read from chain; at most 64 KiB as JSON."""
     last_updated: UtcDatetime | None = None
 
     @model_validator(mode="after")
@@ -76,6 +87,25 @@ class OrderRule(TradestoreModel):
     amount: PositiveMoney
     created_at: UtcDatetime | None = None
     triggered_at: UtcDatetime | None = None
+    """When a price first met the rule's condition (it was first claimed)."""
+    executed_at: UtcDatetime | None = None
+    """When a worker holding a claim on the rule completed it: set once, never twice."""
+
+
+class RuleClaim(TradestoreModel):
+    """A worker's lease on a triggered rule: execute it, then ``complete`` (or ``release``) it.
+
+    Until ``lease_until`` (the database server's clock) no other worker is handed the rule;
+    after it, the rule is handed out again unless completed. ``claim_token`` identifies this
+    hand-out: completing with a token that is no longer the rule's raises ClaimLostError.
+    """
+
+    rule: OrderRule
+    claim_token: UUID
+    worker: Text
+    lease_until: UtcDatetime
+    attempt: Annotated[int, Field(ge=1)]
+    """1 the first time the rule is handed out; more when earlier leases ran out."""
 
 
 class NodeHealth(TradestoreModel):

@@ -29,12 +29,23 @@ _dumps = functools.partial(json.dumps, allow_nan=False, ensure_ascii=False, sepa
 
 _UNAVAILABLE: tuple[type[BaseException], ...] = (
     OSError,  # refused, reset, unreachable
-    TimeoutError,  # connect timeout
+    TimeoutError,  # connect or command timeout
     pg_errors.PostgresConnectionError,  # closed in the middle of an operation
-    pg_errors.AdminShutdownError,
-    pg_errors.CrashShutdownError,
-    pg_errors.CannotConnectNowError,  # starting up or shutting down
-    pg_errors.TooManyConnectionsError,
+    pg_errors.OperatorInterventionError,  # shutting down, starting up, query cancelled
+    pg_errors.InsufficientResourcesError,  # disk full, out of memory, too many connections
+    pg_errors.PostgresSystemError,  # I/O error on the server
+)
+
+_MISCONFIGURED: tuple[type[BaseException], ...] = (
+    pg_errors.InvalidAuthorizationSpecificationError,  # unknown role, wrong password
+    pg_errors.InvalidCatalogNameError,  # no such database
+    pg_errors.InsufficientPrivilegeError,  # the role lacks a grant
+)
+
+_SCHEMA_MISSING: tuple[type[BaseException], ...] = (
+    pg_errors.UndefinedTableError,
+    pg_errors.UndefinedColumnError,
+    pg_errors.UndefinedFunctionError,
 )
 
 
@@ -52,14 +63,23 @@ _MAYBE_LOST: tuple[type[BaseException], ...] = (*_UNAVAILABLE, *_BROKEN)
 
 
 @contextmanager
-def translate_unavailable(where: str) -> Iterator[None]:
-    """Re-raise lost connections and refused logins as StoreUnavailableError."""
+def translated(where: str) -> Iterator[None]:
+    """Lost or overloaded servers become StoreUnavailableError; a refused login, a missing grant
+    or a schema that was never applied, ConfigError. What a query itself was refused for (bad
+    data, a constraint) is left to the repository that knows which field it concerns."""
     try:
         yield
     except _MAYBE_LOST as error:
         if _lost(error):
             raise StoreUnavailableError(f"PostgreSQL at {where}: {error}") from error
         raise
+    except _MISCONFIGURED as error:
+        raise ConfigError(f"PostgreSQL at {where} refused: {error}") from None
+    except _SCHEMA_MISSING as error:
+        raise ConfigError(
+            f"PostgreSQL at {where}: {error}: the schema is missing or out of date;"
+            " run `tradestore init`"
+        ) from None
 
 
 async def init_connection(connection: asyncpg.Connection) -> None:
@@ -118,7 +138,7 @@ class Database:
     """
 
     def __init__(self, settings: Settings, role: Role = "app") -> None:
-        self._settings = settings
+        self.settings = settings
         self._role: Role = role
         self.where = settings.postgres.dsn(role)
         self._pool: asyncpg.Pool | None = None
@@ -129,15 +149,10 @@ class Database:
             return
         async with self._opening:
             if self._pool is None:
-                try:
-                    with translate_unavailable(self.where):
-                        self._pool = await asyncpg.create_pool(
-                            **pool_arguments(self._settings, self._role)
-                        )
-                except pg_errors.InvalidAuthorizationSpecificationError as error:
-                    raise ConfigError(
-                        f"PostgreSQL at {self.where} refused the login: {error}"
-                    ) from None
+                with translated(self.where):
+                    self._pool = await asyncpg.create_pool(
+                        **pool_arguments(self.settings, self._role)
+                    )
 
     async def close(self) -> None:
         pool, self._pool = self._pool, None
@@ -152,7 +167,7 @@ class Database:
     def stats(self) -> PoolStats:
         pool = self._pool
         if pool is None:
-            return PoolStats(size=0, idle=0, max=self._settings.postgres.pool_max_size)
+            return PoolStats(size=0, idle=0, max=self.settings.postgres.pool_max_size)
         return PoolStats(size=pool.get_size(), idle=pool.get_idle_size(), max=pool.get_max_size())
 
     async def _run(self, operation: Callable[[PoolConnectionProxy], Awaitable[T]]) -> T:
@@ -160,7 +175,7 @@ class Database:
         if self._pool is None:
             await self.open()
         assert self._pool is not None  # noqa: S101 - open() set it or raised
-        with translate_unavailable(self.where):
+        with translated(self.where):
             async with self._pool.acquire() as connection:
                 try:
                     return await operation(connection)

@@ -1,34 +1,71 @@
 """Tokens, trader configs, order rules and node health over the shared pool.
 
 Every query is a constant with $n parameters: nothing a caller passes is ever spliced into SQL.
-Rows come back as the validated models of ``tradestore.models``.
+Every public call validates its arguments first (InvalidInputError) and raises only tradestore
+errors; rows come back as the validated models of ``tradestore.models``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from decimal import Decimal
-from typing import cast
+from typing import Annotated, Any, TypeVar, cast
 from uuid import UUID
 
 from asyncpg import exceptions as pg_errors
-from pydantic import JsonValue
+from pydantic import Field, JsonValue, StringConstraints
 
 from tradestore.errors import (
     AmbiguousSymbolError,
+    ClaimLostError,
     FieldProblem,
+    InternalError,
     InvalidInputError,
     NotFoundError,
 )
-from tradestore.models import NodeHealth, OrderRule, TokenInfo, TraderConfig
-from tradestore.models.base import CircuitState, PositiveMoney, SolanaAddress, TradestoreModel
-from tradestore.models.relational import NodeUrl
+from tradestore.models import NodeHealth, OrderRule, RuleClaim, TokenInfo, TraderConfig
+from tradestore.models.base import (
+    CircuitState,
+    PositiveMoney,
+    SolanaAddress,
+    Text,
+    TokenSymbol,
+    bounded_json,
+    validate_arguments,
+)
+from tradestore.models.relational import NodeName
 from tradestore.relational.pool import Database, Row
 
 DEFAULT_PAGE = 100
 MAX_PAGE = 1000
 SYMBOL_CANDIDATES = 50
+MAX_LEASE_S = 86_400
+
+PageSize = Annotated[int, Field(ge=1, le=MAX_PAGE)]
+AddressCursor = Annotated[str, StringConstraints(max_length=44, pattern=r"^[1-9A-HJ-NP-Za-km-z]*$")]
+"""Where a page of mints starts: an address seen, or any base58 prefix sorting before one."""
+LeaseSeconds = Annotated[float, Field(gt=0, le=MAX_LEASE_S)]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def public(method: F) -> F:
+    """A repository's public call: its arguments are validated before it runs, and whatever the
+    database refuses that the method did not translate itself still reaches the caller typed."""
+
+    @functools.wraps(method)
+    async def translated(*args: Any, **kwargs: Any) -> Any:  # noqa: ANN401
+        try:
+            return await method(*args, **kwargs)
+        except (pg_errors.DataError, pg_errors.IntegrityConstraintViolationError) as error:
+            field = getattr(error, "constraint_name", None) or getattr(error, "column_name", None)
+            problem = FieldProblem(field or "(arguments)", str(error))
+            raise InvalidInputError(method.__qualname__, [problem]) from None
+        except (pg_errors.PostgresError, pg_errors.InterfaceError) as error:
+            raise InternalError(f"PostgreSQL: {method.__qualname__}: {error}") from error
+
+    return cast(F, validate_arguments(translated))
 
 
 @contextmanager
@@ -38,7 +75,7 @@ def _refused(model: str, field: str) -> Iterator[None]:
         yield
     except (
         pg_errors.UntranslatableCharacterError,  # \u0000 has no place in jsonb
-        pg_errors.DataError,  # the client could not encode it (NaN, lone surrogate)
+        pg_errors.DataError,  # not JSON PostgreSQL accepts (a lone surrogate)
     ) as error:
         raise InvalidInputError(model, [FieldProblem(field, str(error))]) from None
 
@@ -48,6 +85,7 @@ class Repository:
 
     def __init__(self, database: Database) -> None:
         self._db = database
+        self._settings = database.settings.postgres
 
 
 EXACT_FLOAT_LIMIT = 1e16
@@ -74,16 +112,23 @@ MINT_COLUMNS = (
 class TokenRepository(Repository):
     """Mints by address (exact) or by symbol (ambiguity is an error, never a guess)."""
 
+    @public
     async def upsert(self, token: TokenInfo) -> TokenInfo:
         """Insert or replace one mint's metadata; last_updated is the server's time of writing."""
         problems = list(_inexact_floats(token.extensions, "extensions"))
         if problems:
             raise InvalidInputError("TokenInfo", problems)
+        extensions = bounded_json(
+            token.extensions,
+            limit=self._settings.max_json_bytes,
+            model="TokenInfo",
+            field="extensions",
+        )
         with _refused("TokenInfo", "extensions"):
             row = await self._db.fetchrow(
                 f"""
                 INSERT INTO tokens ({MINT_COLUMNS})
-                VALUES ($1, $2, $3, $4, $5, $6, $7, now())
+                VALUES ($1, $2, $3, $4, $5, $6, $7::text::jsonb, now())
                 ON CONFLICT (address) DO UPDATE SET
                     symbol = EXCLUDED.symbol, name = EXCLUDED.name, decimals = EXCLUDED.decimals,
                     has_transfer_fee = EXCLUDED.has_transfer_fee,
@@ -97,19 +142,21 @@ class TokenRepository(Repository):
                 token.decimals,
                 token.has_transfer_fee,
                 token.transfer_fee_bps,
-                token.extensions,
+                extensions,
             )
         return TokenInfo(**cast(Row, row))  # RETURNING yields the row
 
-    async def get(self, address: str) -> TokenInfo | None:
-        """The mint with exactly this address, or None."""
+    @public
+    async def get(self, address: SolanaAddress) -> TokenInfo | None:
+        """The mint with exactly this address, or None; a string that is no address is refused."""
         row = await self._db.fetchrow(
             f"SELECT {MINT_COLUMNS} FROM tokens WHERE address = $1",  # noqa: S608
             address,
         )
         return None if row is None else TokenInfo(**row)
 
-    async def find_by_symbol(self, symbol: str) -> list[TokenInfo]:
+    @public
+    async def find_by_symbol(self, symbol: TokenSymbol) -> list[TokenInfo]:
         """The mints with exactly this symbol (case-sensitive), ordered by address; the first 50."""
         rows = await self._db.fetch(
             f"SELECT {MINT_COLUMNS} FROM tokens WHERE symbol = $1"  # noqa: S608
@@ -119,19 +166,20 @@ class TokenRepository(Repository):
         )
         return [TokenInfo(**row) for row in rows]
 
-    async def get_by_symbol(self, symbol: str) -> TokenInfo | None:
+    @public
+    async def get_by_symbol(self, symbol: TokenSymbol) -> TokenInfo | None:
         """The one mint with this symbol; raises AmbiguousSymbolError if several share it."""
         found = await self.find_by_symbol(symbol)
         if len(found) > 1:
             raise AmbiguousSymbolError(symbol, [token.address for token in found])
         return found[0] if found else None
 
-    async def page(self, *, after: str | None = None, limit: int = DEFAULT_PAGE) -> list[TokenInfo]:
-        """A page of mints in address order; pass the last address seen as ``after``."""
-        if not 1 <= limit <= MAX_PAGE:
-            raise InvalidInputError(
-                "token page", [FieldProblem("limit", f"must be between 1 and {MAX_PAGE}")]
-            )
+    @public
+    async def page(
+        self, *, after: AddressCursor | None = None, limit: PageSize = DEFAULT_PAGE
+    ) -> list[TokenInfo]:
+        """A page of mints in address order, after ``after`` (the last address seen, or a
+        prefix); a cursor with a character base58 has not is refused."""
         rows = await self._db.fetch(
             f"SELECT {MINT_COLUMNS} FROM tokens"  # noqa: S608
             " WHERE address > coalesce($1, '') ORDER BY address LIMIT $2",
@@ -163,6 +211,7 @@ def _trader_values(config: TraderConfig) -> tuple[object, ...]:
 class TraderRepository(Repository):
     """Risk limits per trader; updated_at is kept by a trigger, not by callers."""
 
+    @public
     async def create(self, config: TraderConfig) -> TraderConfig:
         try:
             row = await self._db.fetchrow(
@@ -181,6 +230,7 @@ class TraderRepository(Repository):
             ) from None
         return TraderConfig(**cast(Row, row))  # RETURNING yields the row
 
+    @public
     async def get(self, trader_id: UUID) -> TraderConfig | None:
         row = await self._db.fetchrow(
             f"SELECT {TRADER_COLUMNS} FROM trader_config WHERE id = $1",  # noqa: S608
@@ -188,6 +238,7 @@ class TraderRepository(Repository):
         )
         return None if row is None else TraderConfig(**row)
 
+    @public
     async def update(self, config: TraderConfig) -> TraderConfig:
         """Replace the limits of an existing trader; raises NotFoundError if there is none."""
         row = await self._db.fetchrow(
@@ -204,6 +255,7 @@ class TraderRepository(Repository):
             raise NotFoundError(f"no trader {config.id}")
         return TraderConfig(**row)
 
+    @public
     async def list_all(self) -> list[TraderConfig]:
         rows = await self._db.fetch(
             f"SELECT {TRADER_COLUMNS} FROM trader_config ORDER BY name, id"  # noqa: S608
@@ -211,21 +263,55 @@ class TraderRepository(Repository):
         return [TraderConfig(**row) for row in rows]
 
 
-RULE_COLUMNS = (
-    "id, trader_id, position_token, rule_type, trigger_price, amount, created_at, triggered_at"
+RULE_FIELDS = (
+    "id",
+    "trader_id",
+    "position_token",
+    "rule_type",
+    "trigger_price",
+    "amount",
+    "created_at",
+    "triggered_at",
+    "executed_at",
 )
+RULE_COLUMNS = ", ".join(RULE_FIELDS)
+CLAIM_COLUMNS = f"{RULE_COLUMNS}, claim_token, claimed_by, lease_until, claims"
+
+CLAIMABLE = """
+    executed_at IS NULL AND (
+        (triggered_at IS NULL
+         AND ((rule_type = 'stop_loss' AND $2 <= trigger_price)
+           OR (rule_type = 'take_profit' AND $2 >= trigger_price)))
+        OR (triggered_at IS NOT NULL AND (lease_until IS NULL OR lease_until <= now())))
+"""
+"""A rule that $2 triggers for the first time, or one triggered whose claim ran out or was
+handed back: the condition was met once, so it is executed whatever the price is now."""
 
 
-class PriceTick(TradestoreModel):
-    """A price seen for one token: what claiming triggered rules is checked against."""
+def _rule(row: Row) -> OrderRule:
+    return OrderRule(**{name: row[name] for name in RULE_FIELDS})
 
-    token: SolanaAddress
-    price: PositiveMoney
+
+def _claim(row: Row) -> RuleClaim:
+    return RuleClaim(
+        rule=_rule(row),
+        claim_token=row["claim_token"],
+        worker=row["claimed_by"],
+        lease_until=row["lease_until"],
+        attempt=row["claims"],
+    )
 
 
 class OrderRuleRepository(Repository):
-    """Stop-loss and take-profit rules; a triggered rule is claimed by exactly one worker."""
+    """Stop-loss and take-profit rules, executed through leased claims.
 
+    ``claim_triggered`` hands each rule a price triggers to one worker for a lease; the worker
+    executes it and calls ``complete`` (exactly once per rule) or ``release``. A claim neither
+    completed nor released within its lease (the worker died, hung or was cancelled) is handed
+    out again by the next ``claim_triggered`` on that token, so no triggered rule is lost.
+    """
+
+    @public
     async def create(self, rule: OrderRule) -> OrderRule:
         try:
             row = await self._db.fetchrow(
@@ -248,17 +334,19 @@ class OrderRuleRepository(Repository):
             raise InvalidInputError(
                 "OrderRule", [FieldProblem("id", f"rule {rule.id} already exists")]
             ) from None
-        return OrderRule(**cast(Row, row))  # RETURNING yields the row
+        return _rule(cast(Row, row))  # RETURNING yields the row
 
+    @public
     async def get(self, rule_id: UUID) -> OrderRule | None:
         row = await self._db.fetchrow(
             f"SELECT {RULE_COLUMNS} FROM order_rules WHERE id = $1",  # noqa: S608
             rule_id,
         )
-        return None if row is None else OrderRule(**row)
+        return None if row is None else _rule(row)
 
+    @public
     async def list_open(
-        self, *, trader_id: UUID | None = None, token: str | None = None
+        self, *, trader_id: UUID | None = None, token: SolanaAddress | None = None
     ) -> list[OrderRule]:
         """Untriggered rules of a trader, of a token, or of both, oldest first."""
         if trader_id is None and token is None:
@@ -276,32 +364,89 @@ class OrderRuleRepository(Repository):
             trader_id,
             token,
         )
-        return [OrderRule(**row) for row in rows]
+        return [_rule(row) for row in rows]
 
-    async def claim_triggered(self, token: str, price: Decimal) -> list[OrderRule]:
-        """Mark and return the open rules this price triggers; each is returned to one caller.
+    @public
+    async def claim_triggered(
+        self,
+        token: SolanaAddress,
+        price: PositiveMoney,
+        *,
+        worker: Text,
+        lease_s: LeaseSeconds | None = None,
+    ) -> list[RuleClaim]:
+        """Claim for ``worker`` every rule of ``token`` this price triggers (a stop-loss at or
+        below its price, a take-profit at or above), and every triggered rule of the token whose
+        lease ran out or that was released, for ``lease_s`` (default ``postgres.rule_lease_s``).
 
-        A stop-loss fires at or below its price, a take-profit at or above. Rows another worker
-        is claiming are skipped (SKIP LOCKED) rather than waited for: that worker fires them.
+        One statement: rules another worker is claiming at this moment are skipped (SKIP LOCKED)
+        rather than waited for. A call cancelled after the commit loses nothing: its claims run
+        out and are handed out again. Claims come oldest rule first.
         """
-        tick = PriceTick(token=token, price=price)
+        lease = self._settings.rule_lease_s if lease_s is None else lease_s
         rows = await self._db.fetch(
             f"""
-            UPDATE order_rules SET triggered_at = now()
-            WHERE id IN (
+            WITH claimable AS MATERIALIZED (
                 SELECT id FROM order_rules
-                WHERE position_token = $1 AND triggered_at IS NULL
-                  AND ((rule_type = 'stop_loss' AND $2 <= trigger_price)
-                    OR (rule_type = 'take_profit' AND $2 >= trigger_price))
+                WHERE position_token = $1 AND {CLAIMABLE}
                 FOR UPDATE SKIP LOCKED
             )
-            AND triggered_at IS NULL
+            UPDATE order_rules SET
+                triggered_at = coalesce(triggered_at, now()),
+                claimed_by = $3,
+                claim_token = gen_random_uuid(),
+                lease_until = now() + make_interval(secs => $4),
+                claims = claims + 1
+            WHERE id IN (SELECT id FROM claimable) AND {CLAIMABLE}
+            RETURNING {CLAIM_COLUMNS}
+            """,  # noqa: S608  (fragments are module constants)
+            token,
+            price,
+            worker,
+            lease,
+        )
+        claims = [_claim(row) for row in rows]
+        claims.sort(key=lambda claim: (claim.rule.created_at, claim.rule.id))
+        return claims
+
+    @public
+    async def complete(self, claim: RuleClaim) -> OrderRule:
+        """Mark the claimed rule executed; raises ClaimLostError unless the claim still holds it.
+
+        Exactly once per rule: only the rule's current claim completes it, and a claim handed
+        out again gets a new token. Completing twice under the same claim (a retry after a lost
+        reply) returns the rule as completed the first time. A lease that ran out does not by
+        itself lose the claim: until another worker takes the rule, its holder may complete it.
+        """
+        row = await self._db.fetchrow(
+            f"""
+            UPDATE order_rules SET executed_at = coalesce(executed_at, now())
+            WHERE id = $1 AND claim_token = $2
             RETURNING {RULE_COLUMNS}
             """,  # noqa: S608
-            tick.token,
-            tick.price,
+            claim.rule.id,
+            claim.claim_token,
         )
-        return [OrderRule(**row) for row in rows]
+        if row is None:
+            raise ClaimLostError(
+                f"rule {claim.rule.id}: claim {claim.claim_token} of {claim.worker} is no longer"
+                " held (its lease ran out and another worker took the rule, or it was released)"
+            )
+        return _rule(row)
+
+    @public
+    async def release(self, claim: RuleClaim) -> bool:
+        """Hand a claimed rule back unexecuted, for the next claim on its token to take at once;
+        False when the claim was no longer held (nothing to hand back)."""
+        status = await self._db.execute(
+            """
+            UPDATE order_rules SET claimed_by = NULL, claim_token = NULL, lease_until = NULL
+            WHERE id = $1 AND claim_token = $2 AND executed_at IS NULL
+            """,
+            claim.rule.id,
+            claim.claim_token,
+        )
+        return status == "UPDATE 1"
 
 
 HEALTH_COLUMNS = (
@@ -309,15 +454,10 @@ HEALTH_COLUMNS = (
 )
 
 
-class NodeQuery(TradestoreModel):
-    """A node named by a caller, normalised the way NodeHealth stores it."""
-
-    node: NodeUrl
-
-
 class NodeHealthRepository(Repository):
     """Health reports per RPC node; the latest report of a node is its circuit-breaker state."""
 
+    @public
     async def record(self, health: NodeHealth) -> None:
         """Store one report; a repeat of the same node and instant replaces the first."""
         await self._db.fetchval(
@@ -338,6 +478,7 @@ class NodeHealthRepository(Repository):
             health.last_failure,
         )
 
+    @public
     async def latest_per_node(self) -> list[NodeHealth]:
         """The newest report of every node, ordered by node."""
         rows = await self._db.fetch(
@@ -346,16 +487,18 @@ class NodeHealthRepository(Repository):
         )
         return [NodeHealth(**row) for row in rows]
 
-    async def latest(self, node: str) -> NodeHealth | None:
+    @public
+    async def latest(self, node: NodeName) -> NodeHealth | None:
         """The newest report of one node (its URL is normalised as when it was recorded)."""
         row = await self._db.fetchrow(
             f"SELECT {HEALTH_COLUMNS} FROM node_health WHERE node = $1"  # noqa: S608
             " ORDER BY observed_at DESC LIMIT 1",
-            str(NodeQuery(node=node).node),
+            node,
         )
         return None if row is None else NodeHealth(**row)
 
-    async def circuit_state(self, node: str) -> CircuitState | None:
+    @public
+    async def circuit_state(self, node: NodeName) -> CircuitState | None:
         """The breaker state of a node's latest report; None for a node never reported."""
         latest = await self.latest(node)
         return None if latest is None else latest.circuit_breaker_status

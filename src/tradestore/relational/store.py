@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Self
+from typing import Annotated, Self
+
+from pydantic import AfterValidator
 
 from tradestore.lifecycle import Lifecycle
+from tradestore.models.base import validate_arguments
 from tradestore.relational.migrate import MIGRATIONS_DIR, apply_migrations
 from tradestore.relational.pool import Database, PoolStats
 from tradestore.relational.repositories import (
@@ -16,6 +19,19 @@ from tradestore.relational.repositories import (
     TraderRepository,
 )
 from tradestore.settings import Settings
+
+
+def _directory(path: Path) -> Path:
+    try:
+        found = path.is_dir()
+    except OSError as error:  # a name too long, say: pydantic's DirectoryPath lets it escape
+        raise ValueError(f"unusable path: {error.strerror}") from None
+    if not found:
+        raise ValueError("not a directory")
+    return path
+
+
+MigrationsDir = Annotated[Path, AfterValidator(_directory)]
 
 
 class RelationalStore(Lifecycle):
@@ -47,7 +63,8 @@ class RelationalStore(Lifecycle):
         if not self._lazy:
             await self._database.open()
 
-    async def migrate(self, source: Path = MIGRATIONS_DIR) -> list[str]:
+    @validate_arguments
+    async def migrate(self, source: MigrationsDir = MIGRATIONS_DIR) -> list[str]:
         """Apply pending migrations now (as the owner role); if any ran, pooled connections are
         replaced so no statement prepared against the old schema is used again."""
         applied = await asyncio.to_thread(apply_migrations, self.settings, source)
