@@ -11,6 +11,7 @@ from pydantic.fields import FieldInfo
 
 from tradestore.errors import ConfigError
 from tradestore.settings import (
+    ObservabilitySettings,
     PostgresSettings,
     QuestDBSettings,
     RedisSettings,
@@ -122,7 +123,9 @@ def _changed_value(name: str, field: FieldInfo) -> tuple[str, object]:  # noqa: 
     if isinstance(default, int):
         return str(default + 1), default + 1
     if isinstance(default, float):
-        return str(default * 2), default * 2
+        capped = any(getattr(bound, "le", None) is not None for bound in field.metadata)
+        changed = default / 2 if capped else default * 2
+        return str(changed), changed
     if isinstance(default, str):
         return default + "x", default + "x"
     if isinstance(default, dict):
@@ -130,6 +133,10 @@ def _changed_value(name: str, field: FieldInfo) -> tuple[str, object]:  # noqa: 
         return json.dumps(value), value
     if annotation == Path | None:
         return "/opt/jdk", Path("/opt/jdk")
+    if annotation == int | None:
+        return "29100", 29100
+    if annotation == str | None:
+        return "trader-1", "trader-1"
     raise AssertionError(f"no sample value for {name}: {annotation}")
 
 
@@ -137,6 +144,7 @@ SECTIONS: dict[str, type[StoreSettings]] = {
     "postgres": PostgresSettings,
     "redis": RedisSettings,
     "questdb": QuestDBSettings,
+    "observability": ObservabilitySettings,
 }
 
 
