@@ -13,6 +13,7 @@ from tradestore.cache.pubsub import CoalescingPublisher, Message, subscribe
 from tradestore.cache.streams import EventStream, StreamConsumer, Streams
 from tradestore.errors import ConfigError
 from tradestore.lifecycle import Lifecycle
+from tradestore.observability.latency import configure
 from tradestore.settings import Settings
 
 
@@ -29,6 +30,7 @@ class CacheStore(Lifecycle):
         self, settings: Settings, *, lazy: bool = False, near_cache: bool | None = None
     ) -> None:
         self.settings = settings
+        configure(settings.observability)
         self._lazy = lazy
         self._connections = RedisConnections(settings.redis)
         self.prices = PriceCache(self._connections)

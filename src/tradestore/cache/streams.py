@@ -23,6 +23,7 @@ from redis.typing import EncodableT, FieldT
 from tradestore.cache.client import RedisConnections, translated_errors
 from tradestore.errors import ConfigError, InvalidInputError
 from tradestore.models.cache import Event
+from tradestore.observability.latency import timed
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +96,7 @@ class EventStream:
         # redis-py sends EVALSHA and loads the script again after NOSCRIPT (a restart).
         self._publish_batch = client.register_script(_PUBLISH_BATCH_LUA)
 
+    @timed("redis", "stream.publish")
     async def publish(self, event: Event) -> str:
         """XADD with MAXLEN ~; returns the entry id Redis assigned."""
         with translated_errors(f"publish to {self.name}"):
@@ -103,6 +105,7 @@ class EventStream:
             )
         return str(entry_id)
 
+    @timed("redis", "stream.publish_batch")
     async def publish_many(self, events: Sequence[Event]) -> list[str]:
         """Publish a batch with one command per ``PUBLISH_BATCH`` entries (a Lua loop of XADDs).
 
@@ -169,6 +172,7 @@ class StreamConsumer:
         self.stats.groups_created += 1
         return True
 
+    @timed("redis", "stream.consume")
     async def read(self, block_ms: int | None = None) -> list[Event]:
         """Up to ``read_count`` new entries, waiting up to ``block_ms`` for the first one.
 
@@ -198,6 +202,7 @@ class StreamConsumer:
             block=block or None,
         )
 
+    @timed("redis", "stream.ack")
     async def ack(self, events: Sequence[Event]) -> int:
         """XACK; returns how many were still pending (0 for a group a restart removed)."""
         ids = [event.id for event in events if event.id is not None]
@@ -213,6 +218,7 @@ class StreamConsumer:
         self.stats.acked += acked
         return acked
 
+    @timed("redis", "stream.claim")
     async def claim_stale(self, min_idle_ms: int | None = None) -> list[Event]:
         """Take over entries pending longer than ``min_idle_ms`` (a consumer that died)."""
         idle = self._config.claim_idle_ms if min_idle_ms is None else min_idle_ms

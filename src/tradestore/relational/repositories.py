@@ -24,6 +24,7 @@ from tradestore.errors import (
 from tradestore.models import NodeHealth, OrderRule, TokenInfo, TraderConfig
 from tradestore.models.base import CircuitState, PositiveMoney, SolanaAddress, TradestoreModel
 from tradestore.models.relational import NodeUrl
+from tradestore.observability.latency import timed
 from tradestore.relational.pool import Database, Row
 
 DEFAULT_PAGE = 100
@@ -74,6 +75,7 @@ MINT_COLUMNS = (
 class TokenRepository(Repository):
     """Mints by address (exact) or by symbol (ambiguity is an error, never a guess)."""
 
+    @timed("postgres", "tokens.upsert")
     async def upsert(self, token: TokenInfo) -> TokenInfo:
         """Insert or replace one mint's metadata; last_updated is the server's time of writing."""
         problems = list(_inexact_floats(token.extensions, "extensions"))
@@ -101,6 +103,7 @@ class TokenRepository(Repository):
             )
         return TokenInfo(**cast(Row, row))  # RETURNING yields the row
 
+    @timed("postgres", "tokens.get")
     async def get(self, address: str) -> TokenInfo | None:
         """The mint with exactly this address, or None."""
         row = await self._db.fetchrow(
@@ -109,6 +112,7 @@ class TokenRepository(Repository):
         )
         return None if row is None else TokenInfo(**row)
 
+    @timed("postgres", "tokens.find_by_symbol")
     async def find_by_symbol(self, symbol: str) -> list[TokenInfo]:
         """The mints with exactly this symbol (case-sensitive), ordered by address; the first 50."""
         rows = await self._db.fetch(
@@ -126,6 +130,7 @@ class TokenRepository(Repository):
             raise AmbiguousSymbolError(symbol, [token.address for token in found])
         return found[0] if found else None
 
+    @timed("postgres", "tokens.page")
     async def page(self, *, after: str | None = None, limit: int = DEFAULT_PAGE) -> list[TokenInfo]:
         """A page of mints in address order; pass the last address seen as ``after``."""
         if not 1 <= limit <= MAX_PAGE:
@@ -163,6 +168,7 @@ def _trader_values(config: TraderConfig) -> tuple[object, ...]:
 class TraderRepository(Repository):
     """Risk limits per trader; updated_at is kept by a trigger, not by callers."""
 
+    @timed("postgres", "traders.create")
     async def create(self, config: TraderConfig) -> TraderConfig:
         try:
             row = await self._db.fetchrow(
@@ -181,6 +187,7 @@ class TraderRepository(Repository):
             ) from None
         return TraderConfig(**cast(Row, row))  # RETURNING yields the row
 
+    @timed("postgres", "traders.get")
     async def get(self, trader_id: UUID) -> TraderConfig | None:
         row = await self._db.fetchrow(
             f"SELECT {TRADER_COLUMNS} FROM trader_config WHERE id = $1",  # noqa: S608
@@ -188,6 +195,7 @@ class TraderRepository(Repository):
         )
         return None if row is None else TraderConfig(**row)
 
+    @timed("postgres", "traders.update")
     async def update(self, config: TraderConfig) -> TraderConfig:
         """Replace the limits of an existing trader; raises NotFoundError if there is none."""
         row = await self._db.fetchrow(
@@ -204,6 +212,7 @@ class TraderRepository(Repository):
             raise NotFoundError(f"no trader {config.id}")
         return TraderConfig(**row)
 
+    @timed("postgres", "traders.list_all")
     async def list_all(self) -> list[TraderConfig]:
         rows = await self._db.fetch(
             f"SELECT {TRADER_COLUMNS} FROM trader_config ORDER BY name, id"  # noqa: S608
@@ -226,6 +235,7 @@ class PriceTick(TradestoreModel):
 class OrderRuleRepository(Repository):
     """Stop-loss and take-profit rules; a triggered rule is claimed by exactly one worker."""
 
+    @timed("postgres", "rules.create")
     async def create(self, rule: OrderRule) -> OrderRule:
         try:
             row = await self._db.fetchrow(
@@ -250,6 +260,7 @@ class OrderRuleRepository(Repository):
             ) from None
         return OrderRule(**cast(Row, row))  # RETURNING yields the row
 
+    @timed("postgres", "rules.get")
     async def get(self, rule_id: UUID) -> OrderRule | None:
         row = await self._db.fetchrow(
             f"SELECT {RULE_COLUMNS} FROM order_rules WHERE id = $1",  # noqa: S608
@@ -257,6 +268,7 @@ class OrderRuleRepository(Repository):
         )
         return None if row is None else OrderRule(**row)
 
+    @timed("postgres", "rules.list_open")
     async def list_open(
         self, *, trader_id: UUID | None = None, token: str | None = None
     ) -> list[OrderRule]:
@@ -278,6 +290,7 @@ class OrderRuleRepository(Repository):
         )
         return [OrderRule(**row) for row in rows]
 
+    @timed("postgres", "rules.claim_triggered")
     async def claim_triggered(self, token: str, price: Decimal) -> list[OrderRule]:
         """Mark and return the open rules this price triggers; each is returned to one caller.
 
@@ -318,6 +331,7 @@ class NodeQuery(TradestoreModel):
 class NodeHealthRepository(Repository):
     """Health reports per RPC node; the latest report of a node is its circuit-breaker state."""
 
+    @timed("postgres", "nodes.record")
     async def record(self, health: NodeHealth) -> None:
         """Store one report; a repeat of the same node and instant replaces the first."""
         await self._db.fetchval(
@@ -338,6 +352,7 @@ class NodeHealthRepository(Repository):
             health.last_failure,
         )
 
+    @timed("postgres", "nodes.latest_per_node")
     async def latest_per_node(self) -> list[NodeHealth]:
         """The newest report of every node, ordered by node."""
         rows = await self._db.fetch(
@@ -346,6 +361,7 @@ class NodeHealthRepository(Repository):
         )
         return [NodeHealth(**row) for row in rows]
 
+    @timed("postgres", "nodes.latest")
     async def latest(self, node: str) -> NodeHealth | None:
         """The newest report of one node (its URL is normalised as when it was recorded)."""
         row = await self._db.fetchrow(

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Self
 
 from tradestore.lifecycle import Lifecycle
+from tradestore.observability.latency import configure
 from tradestore.relational.migrate import MIGRATIONS_DIR, apply_migrations
 from tradestore.relational.pool import Database, PoolStats
 from tradestore.relational.repositories import (
@@ -29,6 +30,7 @@ class RelationalStore(Lifecycle):
 
     def __init__(self, settings: Settings, *, migrate: bool = False, lazy: bool = False) -> None:
         self.settings = settings
+        configure(settings.observability)
         self._migrate_on_start = migrate
         self._lazy = lazy
         self._database = Database(settings, "app")
