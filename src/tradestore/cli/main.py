@@ -13,6 +13,7 @@ from tradestore.cache import apply_schema as apply_redis_schema
 from tradestore.cli import relational as relational_cli
 from tradestore.cli import stack
 from tradestore.cli import timeseries as timeseries_cli
+from tradestore.cli import top as top_cli
 from tradestore.cli.context import build_settings, settings_of
 from tradestore.cli.output import JsonOption, console, error_console, print_json, run_or_exit
 from tradestore.errors import ConfigError
@@ -28,6 +29,7 @@ app = typer.Typer(
 app.add_typer(stack.app, name="stack")
 app.add_typer(timeseries_cli.app, name="timeseries")
 app.add_typer(relational_cli.app, name="migrate")
+app.command()(top_cli.top)
 
 SCHEMAS = (
     ("postgresql", apply_postgres_schema),
