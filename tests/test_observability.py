@@ -106,25 +106,12 @@ class Watched:
 
 @pytest.fixture(scope="module")
 async def watched(settings: Settings) -> AsyncIterator[Watched]:
-    """The three stores and their monitor, entered and left in one task of their own (the near
-    cache's coredis task groups demand it)."""
+    """The three stores and their monitor, shared by the module's tests."""
     changed = settings.with_changes(observability=WATCHED)
-    ready: asyncio.Future[Watched] = asyncio.get_running_loop().create_future()
-    done = asyncio.Event()
-
-    async def hold() -> None:
-        async with tradestore.connect(changed, near_cache=True) as db:
-            assert db.monitor is not None
-            ready.set_result(Watched(db, db.monitor, changed))
-            await done.wait()
-
     LATENCIES.clear()
-    holder = asyncio.create_task(hold())
-    try:
-        yield await ready
-    finally:
-        done.set()
-        await holder
+    async with tradestore.connect(changed) as db:
+        assert db.monitor is not None
+        yield Watched(db, db.monitor, changed)
 
 
 async def _every_operation(db: tradestore.TradeStore) -> None:
@@ -135,10 +122,11 @@ async def _every_operation(db: tradestore.TradeStore) -> None:
         await cache.prices.set_price(mint, Decimal("1.25"))
         await cache.prices.get_price(mint)
     await cache.prices.get_prices([mint, token()])
-    for _ in range(5):  # misses fetched from Redis until one is kept, then a hit
-        await cache.near.get_price(mint)
-        if cache.near.peek_price(mint) is not None:
-            break
+    async with CacheStore.open(db.settings, near_cache=True) as nearby:
+        for _ in range(5):  # misses fetched from Redis until one is kept, then a hit
+            await nearby.near.get_price(mint)
+            if nearby.near.peek_price(mint) is not None:
+                break
     pool = PoolState(
         address=token(),
         dex="raydium",

@@ -50,8 +50,6 @@ _SHIFT: Final[int] = _LAYOUT.unit_magnitude + _HALF_MAGNITUDE + 1
 SLOTS: Final = (63 - _SHIFT + 2) << _HALF_MAGNITUDE
 """Enough for every 63-bit value, so the hot path needs no range check; values past
 ``HIGHEST_NS`` are clamped when folded."""
-COUNTS_LEN: Final[int] = _LAYOUT.counts_len
-"""Slots of an HdrHistogram of this range: the last one holds HIGHEST_NS."""
 
 
 def counts_index(value_ns: int) -> int:
@@ -86,10 +84,9 @@ def histogram(counts: Mapping[int, int]) -> HdrHistogram:
 class Recorder:
     """One (store, operation): counts since the last fold, and failures."""
 
-    __slots__ = ("counts", "failures", "key")
+    __slots__ = ("counts", "failures")
 
-    def __init__(self, key: Key) -> None:
-        self.key = key
+    def __init__(self) -> None:
         self.counts = [0] * SLOTS
         self.failures = 0
 
@@ -105,10 +102,11 @@ class Recorder:
             return {}, failures
         self.counts = [0] * SLOTS
         self.failures = 0
-        sparse: Sparse = Counter()
-        for index in itertools.compress(range(SLOTS), counts):
-            sparse[min(index, _TOP_INDEX)] += counts[index]
-        return dict(sparse), failures
+        sparse = {index: counts[index] for index in itertools.compress(range(SLOTS), counts)}
+        beyond = [index for index in sparse if index > _TOP_INDEX]  # slower than an hour: rare
+        for index in beyond:
+            sparse[_TOP_INDEX] = sparse.get(_TOP_INDEX, 0) + sparse.pop(index)
+        return sparse, failures
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,10 +159,14 @@ def summarise(key: Key, counts: Mapping[int, int], failures: int, seconds: float
 
 @dataclass(frozen=True, slots=True)
 class Totals:
-    """One operation since the process started: the HDR histogram and the failures."""
+    """One operation since the process started: sparse counts and failures."""
 
-    histogram: HdrHistogram
+    counts: Mapping[int, int]
     failures: int
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts.values())
 
 
 class LatencyRegistry:
@@ -178,7 +180,7 @@ class LatencyRegistry:
         self.enabled = True
         self._recorders: dict[Key, Recorder] = {}
         self._ticks: deque[Tick] = deque()
-        self._totals: dict[Key, HdrHistogram] = {}
+        self._totals: dict[Key, Counter[int]] = {}
         self._failures: Counter[Key] = Counter()
         self._started = self._last_fold = self._last_interval = time.monotonic()
         self.retention_s = 0.0
@@ -193,7 +195,7 @@ class LatencyRegistry:
         key = (store, operation)
         found = self._recorders.get(key)
         if found is None:
-            found = self._recorders[key] = Recorder(key)
+            found = self._recorders[key] = Recorder()
         return found
 
     def fold(self) -> Tick:
@@ -205,10 +207,7 @@ class LatencyRegistry:
             sparse, failed = recorder.take()
             if sparse:
                 counts[key] = sparse
-                total = self._totals.get(key)
-                if total is None:
-                    total = self._totals[key] = histogram({})
-                total.add(histogram(sparse))
+                self._totals.setdefault(key, Counter()).update(sparse)
             if failed:
                 failures[key] = failed
                 self._failures[key] += failed
@@ -246,7 +245,7 @@ class LatencyRegistry:
     def totals(self) -> dict[Key, Totals]:
         keys = self._totals.keys() | self._failures.keys()
         return {
-            key: Totals(self._totals.get(key) or histogram({}), self._failures[key])
+            key: Totals(dict(self._totals.get(key, {})), self._failures[key])
             for key in sorted(keys)
         }
 

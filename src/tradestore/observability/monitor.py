@@ -250,8 +250,8 @@ class Monitor(Lifecycle):
             return NearCacheReading(
                 entries=len(near),
                 linked=near.linked,
-                hits=0 if hits is None else int(hits.histogram.get_total_count()),
-                misses=0 if misses is None else int(misses.histogram.get_total_count()),
+                hits=0 if hits is None else hits.count,
+                misses=0 if misses is None else misses.count,
                 invalidations=COUNTS["near_cache.invalidations"],
                 resets=COUNTS["near_cache.resets"],
             )

@@ -11,12 +11,10 @@ QuestDB wrote them.
 from __future__ import annotations
 
 import functools
-import itertools
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from importlib.metadata import version
 from typing import Final
 
-from hdrh.histogram import HdrHistogram
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -28,7 +26,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from tradestore.observability.latency import (
-    COUNTS_LEN,
     STORES,
     LatencyRegistry,
     Store,
@@ -107,38 +104,39 @@ def _bound_index(bound_ns: int) -> int:
 
 
 @functools.cache
-def _midpoints() -> tuple[float, ...]:
-    """Each slot's middle value in ns: a histogram's sum is estimated from it (within 1 %)."""
-    return tuple(sum(slot_range(index)) / 2 for index in range(COUNTS_LEN))
+def _midpoint(index: int) -> float:
+    """A slot's middle value in ns: a histogram's sum is estimated from it (within 1 %)."""
+    return sum(slot_range(index)) / 2
 
 
 def histogram_reading(
-    store: Store, operation: str, histogram: HdrHistogram, failures: int
+    store: Store, operation: str, counts: Mapping[int, int], failures: int
 ) -> HistogramReading:
     """Cumulative bucket counts at the store's bounds, and the estimated sum."""
-    counts = list(histogram.counts)
-    running = list(itertools.accumulate(counts))
-    midpoints = _midpoints()
-    total_ns = sum(
-        counts[index] * midpoints[index] for index in itertools.compress(range(len(counts)), counts)
-    )
-    buckets = tuple(
-        (bound, running[_bound_index(round(bound * 1e9))]) for bound in BUCKETS_S[store]
-    )
-    count = running[-1] if running else 0
+    slots = sorted(counts.items())
+    bounds = BUCKETS_S[store]
+    buckets: list[tuple[float, int]] = []
+    running = position = 0
+    for bound in bounds:
+        last = _bound_index(round(bound * 1e9))
+        while position < len(slots) and slots[position][0] <= last:
+            running += slots[position][1]
+            position += 1
+        buckets.append((bound, running))
+    count = sum(counts.values())
     return HistogramReading(
         store=store,
         operation=operation,
         buckets=(*buckets, (float("inf"), count)),
         count=count,
-        sum_s=total_ns / 1e9,
+        sum_s=sum(n * _midpoint(index) for index, n in slots) / 1e9,
         failures=failures,
     )
 
 
 def histogram_readings(registry: LatencyRegistry) -> tuple[HistogramReading, ...]:
     return tuple(
-        histogram_reading(key[0], key[1], totals.histogram, totals.failures)
+        histogram_reading(key[0], key[1], totals.counts, totals.failures)
         for key, totals in registry.totals().items()
     )
 
@@ -284,6 +282,27 @@ def _near_cache(reading: Reading) -> Iterator[Metric]:
     )
 
 
+GROUP_FAMILIES: Final = (
+    ("lag", "tradestore_stream_group_lag", "Entries of the stream the group has not read yet."),
+    (
+        "ratio",
+        "tradestore_stream_group_lag_ratio",
+        "Lag over the stream's cap: at 1 the cap trims entries the group never read.",
+    ),
+    (
+        "pending",
+        "tradestore_stream_group_pending",
+        "Entries delivered to the group and not yet acknowledged.",
+    ),
+    ("lost", "tradestore_stream_group_lost", "Entries the cap trimmed before the group read them."),
+    (
+        "alarm",
+        "tradestore_stream_group_lag_alarm",
+        "1 when the lag reached the alarm share of the cap, or entries were lost.",
+    ),
+)
+
+
 def _streams(reading: Reading, maxlen: int) -> Iterator[Metric]:
     delivered = CounterMetricFamily(
         "tradestore_pubsub_delivered", "Pub/sub messages handed to subscribers.", labels=[]
@@ -298,31 +317,8 @@ def _streams(reading: Reading, maxlen: int) -> Iterator[Metric]:
     yield length
     yield _gauge("tradestore_stream_max_length", "The streams' approximate cap (MAXLEN ~).", maxlen)
     families = {
-        "lag": GaugeMetricFamily(
-            "tradestore_stream_group_lag",
-            "Entries of the stream the group has not read yet.",
-            labels=["stream", "group"],
-        ),
-        "ratio": GaugeMetricFamily(
-            "tradestore_stream_group_lag_ratio",
-            "Lag over the stream's cap: at 1 the cap trims entries the group never read.",
-            labels=["stream", "group"],
-        ),
-        "pending": GaugeMetricFamily(
-            "tradestore_stream_group_pending",
-            "Entries delivered to the group and not yet acknowledged.",
-            labels=["stream", "group"],
-        ),
-        "lost": GaugeMetricFamily(
-            "tradestore_stream_group_lost",
-            "Entries the cap trimmed before the group read them.",
-            labels=["stream", "group"],
-        ),
-        "alarm": GaugeMetricFamily(
-            "tradestore_stream_group_lag_alarm",
-            "1 when the lag reached the alarm share of the cap, or entries were lost.",
-            labels=["stream", "group"],
-        ),
+        key: GaugeMetricFamily(name, documentation, labels=["stream", "group"])
+        for key, name, documentation in GROUP_FAMILIES
     }
     for group in reading.groups:
         labels = [group.stream, group.group]

@@ -212,12 +212,12 @@ def _counters(samples: Samples, view: TopView) -> None:
     ]
 
 
-def _streams(samples: Samples, view: TopView) -> None:
-    figures: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)
-    for name in ("lag", "lag_ratio", "pending", "lost", "lag_alarm"):
-        for labels, value in samples.get(f"tradestore_stream_group_{name}", []):
-            figures[(labels["stream"], labels["group"])][name] = value
-    view.groups = [
+GroupFigures = dict[tuple[str, str], dict[str, float]]
+"""(stream, group) -> lag, lag_ratio, pending, lost, lag_alarm."""
+
+
+def _group_rows(figures: GroupFigures) -> list[GroupRow]:
+    return [
         GroupRow(
             stream=stream,
             group=group,
@@ -229,6 +229,14 @@ def _streams(samples: Samples, view: TopView) -> None:
         )
         for (stream, group), found in sorted(figures.items())
     ]
+
+
+def _streams(samples: Samples, view: TopView) -> None:
+    figures: GroupFigures = defaultdict(dict)
+    for name in ("lag", "lag_ratio", "pending", "lost", "lag_alarm"):
+        for labels, value in samples.get(f"tradestore_stream_group_{name}", []):
+            figures[(labels["stream"], labels["group"])][name] = value
+    view.groups = _group_rows(figures)
     view.stream_lengths = {
         labels["stream"]: int(value)
         for labels, value in samples.get("tradestore_stream_length", [])
@@ -332,7 +340,7 @@ def view_from_snapshots(rows: Sequence[SnapshotRow], source: str) -> TopView:
                 max_ms=figures.get("latency_max_ms"),
             )
         )
-    groups: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)
+    groups: GroupFigures = defaultdict(dict)
     for row in rows:
         labels = row.labels
         if row.name == "store_up" and labels.get("store") in view.stores:
@@ -346,23 +354,14 @@ def view_from_snapshots(rows: Sequence[SnapshotRow], source: str) -> TopView:
         elif row.name == "near_cache_hit_ratio":
             view.near_cache["hit_ratio"] = row.value
         elif row.name.startswith("stream_") and "group" in labels:
-            groups[(labels["stream"], labels["group"])][row.name] = row.value
+            groups[(labels["stream"], labels["group"])][row.name.removeprefix("stream_")] = (
+                row.value
+            )
         elif row.name == "wal_lag_txns":
             view.wal.setdefault("lag_txns", {})[labels["table"]] = row.value
         elif row.name == "wal_suspended" and row.value:
             view.wal.setdefault("suspended", {})[labels["table"]] = row.value
-    view.groups = [
-        GroupRow(
-            stream=stream,
-            group=group,
-            lag=int(found.get("stream_lag", 0)),
-            ratio=found.get("stream_lag_ratio", 0.0),
-            pending=0,
-            lost=int(found.get("stream_lost", 0)),
-            alarm=bool(found.get("stream_lag_alarm", 0)),
-        )
-        for (stream, group), found in sorted(groups.items())
-    ]
+    view.groups = _group_rows(groups)
     return view
 
 
