@@ -62,7 +62,13 @@ def gauge_rows(at: datetime, reading: Reading) -> Iterator[Metric]:
             )
     if reading.writer is not None:
         writer = reading.writer
-        for name in ("queue_rows", "pending_bytes", "rows_written", "retries"):
+        for name in (
+            "queue_rows",
+            "pending_bytes",
+            "pending_bytes_limit",
+            "rows_written",
+            "retries",
+        ):
             yield _metric(at, f"writer_{name}", getattr(writer, name), instance=instance)
     if reading.pool is not None:
         pool = reading.pool
