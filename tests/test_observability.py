@@ -45,6 +45,7 @@ from tradestore.observability.snapshots import SnapshotHistory
 from tradestore.settings import Settings
 
 CALLS = 20
+OBSERVED_STREAM = f"stream:observed-{uuid4().hex[:8]}"
 WATCHED = {
     "metrics_port": 0,
     "snapshot_interval_s": 0,  # the tests write snapshots themselves
@@ -107,7 +108,10 @@ class Watched:
 @pytest.fixture(scope="module")
 async def watched(settings: Settings) -> AsyncIterator[Watched]:
     """The three stores and their monitor, shared by the module's tests."""
-    changed = settings.with_changes(observability=WATCHED)
+    # A group of its own: the ones `init` made vanish when another module restarts Redis.
+    changed = settings.with_changes(
+        observability=WATCHED, redis={"consumer_groups": {OBSERVED_STREAM: ["observers"]}}
+    )
     LATENCIES.clear()
     async with tradestore.connect(changed) as db:
         assert db.monitor is not None
@@ -139,7 +143,7 @@ async def _every_operation(db: tradestore.TradeStore) -> None:
     )
     await cache.prices.set_pool(pool)
     await cache.prices.get_pool(pool.address)
-    stream = cache.stream(f"stream:observed-{uuid4().hex[:8]}")
+    stream = cache.stream(OBSERVED_STREAM)
     consumer = cache.consumer(stream.name, "observers", "observer-1")
     await consumer.ensure_group()
     await stream.publish(Event(event_type="observed"))

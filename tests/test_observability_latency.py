@@ -65,6 +65,23 @@ def test_percentiles_are_exact_to_one_percent() -> None:
         assert exact <= measured <= exact * 1.01, (measured, exact)
 
 
+def test_rates_divide_by_the_time_the_ticks_cover() -> None:
+    registry = _registry()
+    recorder = registry.recorder("redis", "price.get")
+    for _ in range(100):
+        recorder.record(MS)
+    first = registry.fold()
+    for _ in range(50):
+        recorder.record(MS)
+    second = registry.fold()
+    (summary,) = registry.summaries(since=first.started)
+    assert summary.count == 150
+    assert summary.seconds == second.ended - first.started
+    assert summary.rate_per_s == pytest.approx(150 / (second.ended - first.started))
+    (latest,) = registry.summaries(since=first.ended)
+    assert (latest.count, latest.seconds) == (50, second.ended - second.started)
+
+
 def test_a_value_beyond_an_hour_is_kept_as_an_hour() -> None:
     registry = _registry()
     registry.recorder("questdb", "write").record(10 * HIGHEST_NS)

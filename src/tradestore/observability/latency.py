@@ -113,8 +113,9 @@ class Recorder:
 class Tick:
     """What every recorder saw between two folds."""
 
+    started: float
+    """time.monotonic() of the previous fold: the tick covers (started, ended]."""
     ended: float
-    """time.monotonic() of the fold."""
     counts: dict[Key, Sparse]
     failures: dict[Key, int]
 
@@ -182,7 +183,7 @@ class LatencyRegistry:
         self._ticks: deque[Tick] = deque()
         self._totals: dict[Key, Counter[int]] = {}
         self._failures: Counter[Key] = Counter()
-        self._started = self._last_fold = self._last_interval = time.monotonic()
+        self._last_fold = self._last_interval = time.monotonic()
         self.retention_s = 0.0
         """Ticks kept for the live window and the snapshot interval (set by ``configure``)."""
 
@@ -211,7 +212,7 @@ class LatencyRegistry:
             if failed:
                 failures[key] = failed
                 self._failures[key] += failed
-        tick = Tick(now, counts, failures)
+        tick = Tick(self._last_fold, now, counts, failures)
         self._ticks.append(tick)
         while self._ticks and self._ticks[0].ended < now - self.retention_s:
             self._ticks.popleft()
@@ -227,8 +228,7 @@ class LatencyRegistry:
             for key, sparse in tick.counts.items():
                 counts.setdefault(key, Counter()).update(sparse)
             failures.update(tick.failures)
-        start = max(since, self._started)
-        seconds = (ticks[-1].ended - start) if ticks else 0.0
+        seconds = (ticks[-1].ended - ticks[0].started) if ticks else 0.0
         keys = sorted(counts.keys() | failures.keys())
         return [summarise(key, counts.get(key, {}), failures[key], seconds) for key in keys]
 
@@ -256,7 +256,7 @@ class LatencyRegistry:
         self._ticks.clear()
         self._totals.clear()
         self._failures.clear()
-        self._started = self._last_fold = self._last_interval = time.monotonic()
+        self._last_fold = self._last_interval = time.monotonic()
 
 
 LATENCIES: Final = LatencyRegistry()
