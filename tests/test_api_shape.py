@@ -29,6 +29,7 @@ PUBLIC_MODULES = (
     "tradestore.timeseries",
     "tradestore.relational",
     "tradestore.cache",
+    "tradestore.observability",
 )
 DRIVERS = ("asyncpg", "redis", "coredis", "questdb", "psycopg", "yoyo", "hiredis")
 

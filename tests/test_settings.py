@@ -13,6 +13,7 @@ from pydantic.fields import FieldInfo
 
 from tradestore.errors import ConfigError
 from tradestore.settings import (
+    ObservabilitySettings,
     OperationsSettings,
     PostgresSettings,
     QuestDBSettings,
@@ -149,10 +150,12 @@ def _changed_value(name: str, field: FieldInfo) -> tuple[str, object]:  # noqa: 
         return str(not default).lower(), not default
     if isinstance(default, int):
         at_ceiling = any(getattr(bound, "le", None) == default for bound in field.metadata)
-        changed = default - 1 if at_ceiling else default + 1
-        return str(changed), changed
+        changed_int = default - 1 if at_ceiling else default + 1
+        return str(changed_int), changed_int
     if isinstance(default, float):
-        return str(default * 2), default * 2
+        capped = any(getattr(bound, "le", None) is not None for bound in field.metadata)
+        changed_float = default / 2 if capped else default * 2
+        return str(changed_float), changed_float
     if isinstance(default, str):
         return default + "x", default + "x"
     if isinstance(default, dict):
@@ -160,6 +163,10 @@ def _changed_value(name: str, field: FieldInfo) -> tuple[str, object]:  # noqa: 
         return json.dumps(value), value
     if annotation == Path | None:
         return "/opt/jdk", Path("/opt/jdk")
+    if annotation == int | None:
+        return "29100", 29100
+    if annotation == str | None:
+        return "trader-1", "trader-1"
     raise AssertionError(f"no sample value for {name}: {annotation}")
 
 
@@ -168,6 +175,7 @@ SECTIONS: dict[str, type[StoreSettings]] = {
     "redis": RedisSettings,
     "questdb": QuestDBSettings,
     "operations": OperationsSettings,
+    "observability": ObservabilitySettings,
 }
 
 

@@ -2,7 +2,8 @@
 
 The paper trader, the live trader, the price feed and the terminal UI each use all three stores;
 this opens them side by side, each with its own pool, and closes them in reverse. A store that
-fails to open closes the ones already open before the error reaches the caller.
+fails to open closes the ones already open before the error reaches the caller. With
+``observability.enabled`` a monitor watches them (``/metrics``, snapshots into QuestDB).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from contextlib import AsyncExitStack
 
 from tradestore.cache import CacheStore
 from tradestore.lifecycle import Lifecycle
+from tradestore.observability.monitor import Monitor
 from tradestore.relational import RelationalStore
 from tradestore.settings import Settings
 from tradestore.timeseries import TimeSeriesStore
@@ -27,6 +29,11 @@ class TradeStore(Lifecycle):
         self.timeseries = TimeSeriesStore.open(settings, lazy=lazy)
         self.relational = RelationalStore.open(settings, lazy=lazy)
         self.cache = CacheStore.open(settings, lazy=lazy, near_cache=near_cache)
+        self.monitor: Monitor | None = None
+        if settings.observability.enabled:
+            self.monitor = Monitor(
+                settings, timeseries=self.timeseries, relational=self.relational, cache=self.cache
+            )
         self._exit = AsyncExitStack()
 
     async def start(self) -> None:
@@ -40,6 +47,8 @@ class TradeStore(Lifecycle):
                         group.create_task(self._start(store, opened))
             except BaseExceptionGroup as failed:
                 raise failed.exceptions[0] from None
+            if self.monitor is not None:
+                await opened.enter_async_context(self.monitor)
             self._exit = opened.pop_all()
 
     @staticmethod

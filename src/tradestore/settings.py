@@ -303,6 +303,35 @@ class OperationsSettings(StoreSettings):
     """Longest silence from QuestDB's ``/exp`` while streaming, not the whole export."""
 
 
+class ObservabilitySettings(StoreSettings):
+    """Latency histograms of every store operation, the ``/metrics`` endpoint and the snapshots
+    tradestore writes into its own QuestDB ``metrics`` table."""
+
+    enabled: bool = True
+    """Time every store operation. Process-wide: each store sets it as it is made."""
+    refresh_interval_s: Seconds = Field(default=1.0, gt=0)
+    """How often the monitor folds the histograms into ticks."""
+    window_s: Seconds = Field(default=10.0, gt=0)
+    """The live percentiles and rates (``/metrics`` gauges, ``tradestore top``) cover this."""
+    snapshot_interval_s: Seconds = Field(default=10.0, ge=0)
+    """Percentiles of each interval into the ``metrics`` table; 0 writes none."""
+    metrics_host: str = LOOPBACK
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    """Serve ``/metrics`` and ``/healthz`` here (0: any free port); None serves nothing."""
+    instance: str | None = None
+    """The ``instance`` label of this process' snapshots; default ``<host>:<pid>``."""
+    lag_alarm_ratio: float = Field(default=0.8, gt=0, le=1)
+    """A consumer group whose lag reaches this share of ``redis.stream_maxlen`` is alarmed:
+    entries trimmed before the group reads them vanish without a trace."""
+    visibility_sample_s: Seconds = Field(default=5.0, ge=0)
+    """At most one write-to-visible measurement per table this often; 0 takes none."""
+    server_figures: bool = True
+    """Read the servers' own figures too: Redis ``INFO latencystats``, QuestDB's ``/metrics``,
+    PostgreSQL's ``pg_stat_statements``."""
+    probe_timeout_s: Seconds = Field(default=2.0, gt=0)
+    """Each health check and server read of the monitor."""
+
+
 class CredentialsFileSource(PydanticBaseSettingsSource):
     """Reads the passwords ``tradestore stack up`` generated, from the data directory in force."""
 
@@ -340,6 +369,7 @@ class Settings(BaseSettings):
     redis: RedisSettings = RedisSettings()
     questdb: QuestDBSettings = QuestDBSettings()
     operations: OperationsSettings = OperationsSettings()
+    observability: ObservabilitySettings = ObservabilitySettings()
 
     def __init__(self, /, **values: Any) -> None:  # noqa: ANN401
         try:

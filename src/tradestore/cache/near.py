@@ -36,6 +36,8 @@ from coredis.typing import RedisValueT, ResponseType
 from tradestore.cache.keys import address, decode_price, price_key
 from tradestore.errors import ConfigError, StoreUnavailableError
 from tradestore.lifecycle import Lifecycle
+from tradestore.observability.counters import count
+from tradestore.observability.latency import timed, timed_lookup
 from tradestore.settings import RedisSettings
 
 _KEEPALIVE_WAKE_S = 1.0
@@ -81,6 +83,7 @@ class _Entries(AbstractCache):
         del command, key, args, value
 
     def invalidate(self, *keys: RedisValueT) -> None:
+        count("near_cache.invalidations", len(keys))
         for raw in keys:
             key = raw.decode() if isinstance(raw, bytes) else str(raw)
             self._stats.invalidate(key)
@@ -89,6 +92,7 @@ class _Entries(AbstractCache):
                 self._fetching[key] = True
 
     def reset(self) -> None:
+        count("near_cache.resets")
         self.values.clear()
         self._fetching = dict.fromkeys(self._fetching, True)
 
@@ -213,6 +217,7 @@ class NearCache(Lifecycle):
     def __len__(self) -> int:
         return len(self._entries.values)
 
+    @timed_lookup("near_cache", "get")
     def peek_price(self, token: str) -> Decimal | None:
         """The cached price if it is still valid, else ``None``; never any I/O."""
         key = price_key(token)
@@ -251,6 +256,7 @@ class NearCache(Lifecycle):
         if not fetch.cancelled():
             fetch.exception()  # retrieved here too, in case every waiter was cancelled
 
+    @timed("near_cache", "fetch")
     async def _fetch(self, key: str) -> Decimal | None:
         link = self._link.client_id
         trusted = self._link.healthy

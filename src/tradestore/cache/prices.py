@@ -18,6 +18,7 @@ from tradestore.cache.keys import (
 from tradestore.errors import InvalidInputError
 from tradestore.models.base import validate_arguments
 from tradestore.models.cache import PoolState, PriceQuote
+from tradestore.observability.latency import timed
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -38,6 +39,7 @@ class PriceCache:
     async def set_price(self, token: str, price: Decimal) -> None:
         await self.set_prices({token: price})
 
+    @timed("redis", "price.set")
     @validate_arguments
     async def set_prices(self, prices: Mapping[str, Decimal]) -> None:
         """Every price validated first, then all written in one pipelined round trip."""
@@ -53,12 +55,14 @@ class PriceCache:
                     pipe.set(price_key(quote.token), encode_price(quote.price), px=ttl)
                 await pipe.execute()
 
+    @timed("redis", "price.get")
     async def get_price(self, token: str) -> Decimal | None:
         key = price_key(address(token, "token"))
         with translated_errors("get price"):
             raw = await self._client.get(key)
         return decode_price(key, raw)
 
+    @timed("redis", "price.get_batch")
     @validate_arguments
     async def get_prices(self, tokens: Sequence[str]) -> dict[str, Decimal | None]:
         """One MGET for all tokens; each absent or expired one maps to ``None``."""
@@ -69,6 +73,7 @@ class PriceCache:
     async def set_pool(self, state: PoolState) -> None:
         await self.set_pools([state])
 
+    @timed("redis", "pool.set")
     @validate_arguments
     async def set_pools(self, states: Iterable[PoolState]) -> None:
         ttl = self._config.pool_ttl_ms
@@ -83,6 +88,7 @@ class PriceCache:
     async def get_pool(self, pool_address: str) -> PoolState | None:
         return (await self.get_pools([pool_address]))[pool_address]
 
+    @timed("redis", "pool.get")
     @validate_arguments
     async def get_pools(self, addresses: Sequence[str]) -> dict[str, PoolState | None]:
         """One MGET for all pools; each absent or expired one maps to ``None``."""

@@ -23,6 +23,8 @@ from tradestore.errors import StoreUnavailableError, WriterClosedError
 from tradestore.lifecycle import Lifecycle
 from tradestore.models.base import validate_arguments
 from tradestore.models.cache import RedisName
+from tradestore.observability.counters import count
+from tradestore.observability.latency import timer
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +82,7 @@ class CoalescingPublisher(Lifecycle):
             return
         batch, self._pending = self._pending, {}
         try:
-            with translated_errors("publish"):
+            with translated_errors("publish"), timer("redis", "pubsub.publish"):
                 async with self._client.pipeline(transaction=False) as pipe:
                     for channel, message in batch.items():
                         pipe.publish(channel, message)
@@ -117,6 +119,7 @@ async def subscribe(connections: RedisConnections, *channels: str) -> AsyncItera
                     raw = await pubsub.get_message(ignore_subscribe_messages=True, timeout=_POLL_S)
                     failures = 0
                     if raw is not None and raw.get("type") == "message":
+                        count("pubsub.delivered")
                         yield Message(channel=str(raw["channel"]), data=str(raw["data"]))
         except StoreUnavailableError as error:
             logger.info("pub/sub link lost (%s), subscribing again", error)

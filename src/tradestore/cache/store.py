@@ -15,6 +15,7 @@ from tradestore.errors import ConfigError, FieldProblem, InvalidInputError
 from tradestore.lifecycle import Lifecycle
 from tradestore.models.base import validate_arguments
 from tradestore.models.cache import RedisName
+from tradestore.observability.latency import configure
 from tradestore.settings import Settings
 
 
@@ -31,6 +32,7 @@ class CacheStore(Lifecycle):
         self, settings: Settings, *, lazy: bool = False, near_cache: bool | None = None
     ) -> None:
         self.settings = settings
+        configure(settings.observability)
         self._lazy = lazy
         self._connections = RedisConnections(settings.redis)
         self.prices = PriceCache(self._connections)

@@ -25,6 +25,7 @@ from tradestore.cache.client import RedisConnections, translated_errors
 from tradestore.errors import ConfigError, FieldProblem, InvalidInputError
 from tradestore.models.base import I32_MAX, bounded_json, validate_arguments
 from tradestore.models.cache import Event
+from tradestore.observability.latency import timed
 
 logger = logging.getLogger(__name__)
 
@@ -106,6 +107,7 @@ class EventStream:
         # redis-py sends EVALSHA and loads the script again after NOSCRIPT (a restart).
         self._publish_batch = client.register_script(_PUBLISH_BATCH_LUA)
 
+    @timed("redis", "stream.publish")
     @validate_arguments
     async def publish(self, event: Event) -> str:
         """XADD with MAXLEN ~; returns the entry id Redis assigned."""
@@ -116,6 +118,7 @@ class EventStream:
             )
         return str(entry_id)
 
+    @timed("redis", "stream.publish_batch")
     @validate_arguments
     async def publish_many(self, events: Sequence[Event]) -> list[str]:
         """Publish a batch with one command per ``PUBLISH_BATCH`` entries (a Lua loop of XADDs).
@@ -184,6 +187,7 @@ class StreamConsumer:
         self.stats.groups_created += 1
         return True
 
+    @timed("redis", "stream.consume")
     @validate_arguments
     async def read(self, block_ms: NonNegativeMs | None = None) -> list[Event]:
         """Up to ``read_count`` new entries, waiting up to ``block_ms`` for the first one.
@@ -214,6 +218,7 @@ class StreamConsumer:
             block=block or None,
         )
 
+    @timed("redis", "stream.ack")
     @validate_arguments
     async def ack(self, events: Sequence[Event]) -> int:
         """XACK; returns how many were still pending (0 for a group a restart removed)."""
@@ -230,8 +235,9 @@ class StreamConsumer:
         self.stats.acked += acked
         return acked
 
+    @timed("redis", "stream.claim")
     @validate_arguments
-    async def claim_stale(self, min_idle_ms: PositiveMs | None = None) -> list[Event]:
+    async def claim_stale(self, min_idle_ms: NonNegativeMs | None = None) -> list[Event]:
         """Take over entries pending longer than ``min_idle_ms`` (a consumer that died)."""
         idle = self._config.claim_idle_ms if min_idle_ms is None else min_idle_ms
         claimed: list[tuple[str, dict[str, str] | None]] = []

@@ -15,6 +15,7 @@ from tradestore.cli import export as export_cli
 from tradestore.cli import relational as relational_cli
 from tradestore.cli import stack
 from tradestore.cli import timeseries as timeseries_cli
+from tradestore.cli import top as top_cli
 from tradestore.cli.context import build_settings, settings_of
 from tradestore.cli.output import JsonOption, console, error_console, print_json, run_or_exit
 from tradestore.errors import ConfigError
@@ -32,6 +33,7 @@ app.add_typer(timeseries_cli.app, name="timeseries")
 app.add_typer(relational_cli.app, name="migrate")
 app.add_typer(backup_cli.app, name="backup")
 app.command()(export_cli.export)
+app.command()(top_cli.top)
 
 SCHEMAS = (
     ("postgresql", apply_postgres_schema),

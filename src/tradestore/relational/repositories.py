@@ -35,6 +35,7 @@ from tradestore.models.base import (
     validate_arguments,
 )
 from tradestore.models.relational import NodeName
+from tradestore.observability.latency import timed
 from tradestore.relational.pool import Database, Row
 
 DEFAULT_PAGE = 100
@@ -112,6 +113,7 @@ MINT_COLUMNS = (
 class TokenRepository(Repository):
     """Mints by address (exact) or by symbol (ambiguity is an error, never a guess)."""
 
+    @timed("postgres", "tokens.upsert")
     @public
     async def upsert(self, token: TokenInfo) -> TokenInfo:
         """Insert or replace one mint's metadata; last_updated is the server's time of writing."""
@@ -146,6 +148,7 @@ class TokenRepository(Repository):
             )
         return TokenInfo(**cast(Row, row))  # RETURNING yields the row
 
+    @timed("postgres", "tokens.get")
     @public
     async def get(self, address: SolanaAddress) -> TokenInfo | None:
         """The mint with exactly this address, or None; a string that is no address is refused."""
@@ -155,6 +158,7 @@ class TokenRepository(Repository):
         )
         return None if row is None else TokenInfo(**row)
 
+    @timed("postgres", "tokens.find_by_symbol")
     @public
     async def find_by_symbol(self, symbol: TokenSymbol) -> list[TokenInfo]:
         """The mints with exactly this symbol (case-sensitive), ordered by address; the first 50."""
@@ -174,6 +178,7 @@ class TokenRepository(Repository):
             raise AmbiguousSymbolError(symbol, [token.address for token in found])
         return found[0] if found else None
 
+    @timed("postgres", "tokens.page")
     @public
     async def page(
         self, *, after: AddressCursor | None = None, limit: PageSize = DEFAULT_PAGE
@@ -211,6 +216,7 @@ def _trader_values(config: TraderConfig) -> tuple[object, ...]:
 class TraderRepository(Repository):
     """Risk limits per trader; updated_at is kept by a trigger, not by callers."""
 
+    @timed("postgres", "traders.create")
     @public
     async def create(self, config: TraderConfig) -> TraderConfig:
         try:
@@ -230,6 +236,7 @@ class TraderRepository(Repository):
             ) from None
         return TraderConfig(**cast(Row, row))  # RETURNING yields the row
 
+    @timed("postgres", "traders.get")
     @public
     async def get(self, trader_id: UUID) -> TraderConfig | None:
         row = await self._db.fetchrow(
@@ -238,6 +245,7 @@ class TraderRepository(Repository):
         )
         return None if row is None else TraderConfig(**row)
 
+    @timed("postgres", "traders.update")
     @public
     async def update(self, config: TraderConfig) -> TraderConfig:
         """Replace the limits of an existing trader; raises NotFoundError if there is none."""
@@ -255,6 +263,7 @@ class TraderRepository(Repository):
             raise NotFoundError(f"no trader {config.id}")
         return TraderConfig(**row)
 
+    @timed("postgres", "traders.list_all")
     @public
     async def list_all(self) -> list[TraderConfig]:
         rows = await self._db.fetch(
@@ -311,6 +320,7 @@ class OrderRuleRepository(Repository):
     out again by the next ``claim_triggered`` on that token, so no triggered rule is lost.
     """
 
+    @timed("postgres", "rules.create")
     @public
     async def create(self, rule: OrderRule) -> OrderRule:
         try:
@@ -336,6 +346,7 @@ class OrderRuleRepository(Repository):
             ) from None
         return _rule(cast(Row, row))  # RETURNING yields the row
 
+    @timed("postgres", "rules.get")
     @public
     async def get(self, rule_id: UUID) -> OrderRule | None:
         row = await self._db.fetchrow(
@@ -344,6 +355,7 @@ class OrderRuleRepository(Repository):
         )
         return None if row is None else _rule(row)
 
+    @timed("postgres", "rules.list_open")
     @public
     async def list_open(
         self, *, trader_id: UUID | None = None, token: SolanaAddress | None = None
@@ -366,6 +378,7 @@ class OrderRuleRepository(Repository):
         )
         return [_rule(row) for row in rows]
 
+    @timed("postgres", "rules.claim_triggered")
     @public
     async def claim_triggered(
         self,
@@ -409,6 +422,7 @@ class OrderRuleRepository(Repository):
         claims.sort(key=lambda claim: (claim.rule.created_at, claim.rule.id))
         return claims
 
+    @timed("postgres", "rules.complete")
     @public
     async def complete(self, claim: RuleClaim) -> OrderRule:
         """Mark the claimed rule executed; raises ClaimLostError unless the claim still holds it.
@@ -434,6 +448,7 @@ class OrderRuleRepository(Repository):
             )
         return _rule(row)
 
+    @timed("postgres", "rules.release")
     @public
     async def release(self, claim: RuleClaim) -> bool:
         """Hand a claimed rule back unexecuted, for the next claim on its token to take at once;
@@ -457,6 +472,7 @@ HEALTH_COLUMNS = (
 class NodeHealthRepository(Repository):
     """Health reports per RPC node; the latest report of a node is its circuit-breaker state."""
 
+    @timed("postgres", "nodes.record")
     @public
     async def record(self, health: NodeHealth) -> None:
         """Store one report; a repeat of the same node and instant replaces the first."""
@@ -478,6 +494,7 @@ class NodeHealthRepository(Repository):
             health.last_failure,
         )
 
+    @timed("postgres", "nodes.latest_per_node")
     @public
     async def latest_per_node(self) -> list[NodeHealth]:
         """The newest report of every node, ordered by node."""
@@ -487,6 +504,7 @@ class NodeHealthRepository(Repository):
         )
         return [NodeHealth(**row) for row in rows]
 
+    @timed("postgres", "nodes.latest")
     @public
     async def latest(self, node: NodeName) -> NodeHealth | None:
         """The newest report of one node (its URL is normalised as when it was recorded)."""

@@ -10,6 +10,7 @@ from pydantic import AfterValidator
 
 from tradestore.lifecycle import Lifecycle
 from tradestore.models.base import validate_arguments
+from tradestore.observability.latency import configure
 from tradestore.relational.migrate import MIGRATIONS_DIR, apply_migrations
 from tradestore.relational.pool import Database, PoolStats
 from tradestore.relational.repositories import (
@@ -45,6 +46,7 @@ class RelationalStore(Lifecycle):
 
     def __init__(self, settings: Settings, *, migrate: bool = False, lazy: bool = False) -> None:
         self.settings = settings
+        configure(settings.observability)
         self._migrate_on_start = migrate
         self._lazy = lazy
         self._database = Database(settings, "app")

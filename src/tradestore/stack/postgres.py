@@ -211,7 +211,8 @@ class PostgresServer:
             "password_encryption = 'scram-sha-256'\n"
             "wal_level = replica\n"
             "log_line_prefix = '%m [%p] %q%u@%d '\n"
-            "timezone = 'UTC'\n" + archive,
+            "timezone = 'UTC'\n"
+            "shared_preload_libraries = 'pg_stat_statements'\n" + archive,
         )
         if running_as_root():
             chown_tree(self.root, *system_user_ids(SYSTEM_USER))
@@ -255,6 +256,7 @@ class PostgresServer:
                 """
                 SELECT unnest(ARRAY[
                     format('REVOKE ALL ON DATABASE %I FROM PUBLIC', $1::text),
+                    'CREATE EXTENSION IF NOT EXISTS pg_stat_statements',  -- untrusted: superuser
                     format('GRANT CONNECT, TEMPORARY ON DATABASE %I TO %I', $1::text, $3::text),
                     format('REVOKE CREATE ON SCHEMA public FROM PUBLIC'),
                     format('GRANT USAGE ON SCHEMA public TO %I', $3::text),

@@ -161,6 +161,7 @@ class QuestDBServer(SpawnedServer):
             f"http.password={secret}\n"
             f"http.min.net.bind.to={host}:{self.config.min_http_port}\n"
             "http.min.worker.count=1\n"
+            "metrics.enabled=true\n"  # Prometheus text on the loopback min-HTTP port
             f"pg.net.bind.to={host}:{self.config.pg_port}\n"
             f"pg.user={self.config.user}\n"
             f"pg.password={secret}\n"

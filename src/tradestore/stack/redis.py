@@ -34,6 +34,8 @@ APP_COMMANDS = (
     "multi exec discard",
     # streams and consumer groups
     "xadd xlen xrange xrevrange xreadgroup xack xautoclaim xpending xgroup|create xinfo|groups",
+    # the monitor: consumer-group lag against the stream cap, the server's own latency figures
+    "xinfo|stream info",
     # the batch publish: a Lua loop of XADDs by EVALSHA, loaded again after a restart
     "evalsha script|load",
     # pub/sub

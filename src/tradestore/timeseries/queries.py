@@ -14,6 +14,7 @@ from uuid import UUID
 
 from tradestore.errors import FieldProblem, InvalidInputError
 from tradestore.models import Position, Trade, TradeAction, TradingMode
+from tradestore.observability.latency import timed
 from tradestore.timeseries.connection import QueryPool, Row
 from tradestore.timeseries.schema import POSITIONS, TRADES
 
@@ -110,6 +111,7 @@ class TimeSeriesQueries:
     def __init__(self, pool: QueryPool) -> None:
         self._pool = pool
 
+    @timed("questdb", "query.last_trades")
     async def last_trades(self, trader_id: UUID, limit: int = 1000) -> list[Trade]:
         """The trader's newest trades, newest first."""
         if not 1 <= limit <= MAX_TRADES:
@@ -122,6 +124,7 @@ class TimeSeriesQueries:
         )
         return [_trade(row) for row in rows]
 
+    @timed("questdb", "query.pnl_by_interval")
     async def pnl_by_interval(
         self,
         start: datetime,
@@ -160,6 +163,7 @@ class TimeSeriesQueries:
             for row in rows
         ]
 
+    @timed("questdb", "query.latest_positions")
     async def latest_positions(self, trader_id: UUID | None = None) -> list[Position]:
         """The newest position of each (trader, token), one trader or all."""
         rows = await self._pool.fetch(
@@ -170,6 +174,7 @@ class TimeSeriesQueries:
         )
         return [Position.model_construct(**_stored(row)) for row in rows]
 
+    @timed("questdb", "query.mev_summary")
     async def mev_summary(
         self, start: datetime, end: datetime, trader_id: UUID | None = None
     ) -> list[MevSummary]:

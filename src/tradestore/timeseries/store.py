@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Self
 
 from tradestore.lifecycle import Lifecycle
+from tradestore.observability.latency import configure
 from tradestore.settings import Settings
 from tradestore.timeseries.connection import QueryPool
 from tradestore.timeseries.queries import TimeSeriesQueries
@@ -21,6 +22,7 @@ class TimeSeriesStore(Lifecycle):
 
     def __init__(self, settings: Settings, *, lazy: bool = False) -> None:
         self.settings = settings
+        configure(settings.observability)
         self._lazy = lazy
         self._pool = QueryPool(settings)
         self.writer = TimeSeriesWriter(settings)

@@ -27,6 +27,7 @@ from typing import Any, Self
 from questdb import Sender
 
 from tradestore.errors import StoreUnavailableError, WriterClosedError
+from tradestore.observability.latency import acknowledged, timed
 from tradestore.settings import QuestDBSettings, Settings
 from tradestore.timeseries.rows import Buffer, TimeSeriesRow, append_row, table_of
 
@@ -82,6 +83,7 @@ class _Batch:
     ack: asyncio.Future[None]
     rows: int = 0
     size: int = 0
+    created_ns: int = field(default_factory=time.perf_counter_ns)
 
 
 class _Aborted(Exception):
@@ -151,6 +153,7 @@ class TimeSeriesWriter:
         """Accept one row; await the returned receipt to know QuestDB has it."""
         return await self.write_many((row,))
 
+    @timed("questdb", "write")
     async def write_many(self, rows: Iterable[TimeSeriesRow]) -> Receipt:
         """Accept rows in order. A bad row raises; the rows before it stay accepted, and
         ``flush()`` waits for them."""
@@ -298,6 +301,7 @@ class TimeSeriesWriter:
         batch.buffer.clear()
         self._spare.append(batch.buffer)
         batch.ack.set_result(None)
+        acknowledged(batch.table, batch.created_ns, latency_ms)
         self._space.set()
 
     def _send_blocking(self, batch: _Batch) -> float:
