@@ -151,6 +151,8 @@ def _changed_value(name: str, field: FieldInfo) -> tuple[str, object]:  # noqa: 
         return json.dumps(value), value
     if annotation == Path | None:
         return "/opt/jdk", Path("/opt/jdk")
+    if annotation == str | None:
+        return "nobody", "nobody"
     raise AssertionError(f"no sample value for {name}: {annotation}")
 
 
