@@ -12,7 +12,8 @@ passwords. The guards, checked before a driver sends any credential:
   listening on the port must be the one the stack's pid file names, started before that file
   was written (a process that reused the number later is not it). Once seen, that process is
   trusted while it runs: a live server keeps its listening socket, so no one else can bind the
-  port; a stopped or restarted one is checked again in full.
+  port (but for the moment a server shutting down has closed it and not yet exited: see the
+  README); a stopped or restarted one is checked again in full.
 """
 
 from __future__ import annotations
