@@ -106,18 +106,18 @@ def redis_benchmark(settings: Settings) -> None:
         return
     print("redis-benchmark GET price:… (C client, its own connections):")
     arguments = settings.redis.connect_arguments()
+    path = arguments.get("unix_socket_path")
+    address = ["-s", path] if path else ["-h", arguments["host"], "-p", str(arguments["port"])]
+    username, password = arguments["credential_provider"].get_credentials()  # server checked
     for clients, pipeline in ((1, 1), (50, 1)):
         result = subprocess.run(
             [
                 binary,
-                "-h",
-                arguments["host"],
-                "-p",
-                str(arguments["port"]),
+                *address,
                 "--user",
-                arguments["username"],
+                username,
                 "-a",
-                arguments["password"],
+                password,
                 "-n",
                 "100000",
                 "-c",

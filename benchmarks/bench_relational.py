@@ -121,7 +121,7 @@ def _pgbench_latencies_us(logs: Iterable[Path]) -> list[float]:
 
 
 def _pgbench(settings: Settings, addresses: list[str], callers: int, seconds: float) -> None:
-    arguments = settings.postgres.connect_arguments("app")
+    arguments = settings.postgres.libpq_arguments("app")
     with tempfile.TemporaryDirectory(prefix="bench-relational-") as scratch:
         work = Path(scratch)
         scripts = []
@@ -142,12 +142,16 @@ def _pgbench(settings: Settings, addresses: list[str], callers: int, seconds: fl
             f"--port={arguments['port']}",
             f"--username={arguments['user']}",
             *scripts,
-            arguments["database"],
+            arguments["dbname"],
         ]
         # The password reaches the child only, through its environment; it is never printed.
+        # pgbench's libpq 15 knows requirepeer, not require_auth (libpq 16).
+        secrets = {"PGPASSWORD": arguments["password"]}
+        if "requirepeer" in arguments:
+            secrets["PGREQUIREPEER"] = arguments["requirepeer"]
         done = subprocess.run(  # noqa: PLW1510  (checked just below)
             argv,
-            env=os.environ | {"PGPASSWORD": arguments["password"]},
+            env=os.environ | secrets,
             capture_output=True,
             text=True,
             cwd=work,

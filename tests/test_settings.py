@@ -166,7 +166,7 @@ def _changed_value(name: str, field: FieldInfo) -> tuple[str, object]:  # noqa: 
     if annotation == int | None:
         return "29100", 29100
     if annotation == str | None:
-        return "trader-1", "trader-1"
+        return "nobody", "nobody"
     raise AssertionError(f"no sample value for {name}: {annotation}")
 
 

@@ -85,6 +85,12 @@ class StoreUnavailableError(TradestoreError):
     exit_code = 69  # EX_UNAVAILABLE
 
 
+class UntrustedServerError(StoreUnavailableError):
+    """What answers at a store's address is not the server the settings expect (another user's
+    process on a Unix socket, a squatter on the local stack's QuestDB port): no credentials
+    were sent to it."""
+
+
 class NotFoundError(TradestoreError):
     """The row asked for does not exist."""
 

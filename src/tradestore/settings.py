@@ -1,14 +1,24 @@
 """One typed settings object for every store, and every tunable of every store.
 
 Priority, highest first: keyword arguments, ``TRADESTORE_*`` environment variables, ``.env``,
-then the credentials file the local stack generates under the data directory, then defaults
-that point at that local stack. One naming rule: every field of a store's section is reachable
-as ``TRADESTORE_<STORE>__<NAME>`` (``TRADESTORE_QUESTDB__FLUSH_ROWS=5000``). Passwords are
-``SecretStr``: they never show in a repr or a log. A bad value is a ``ConfigError``.
+then what the local stack recorded under the data directory (the passwords it generated, and
+how its servers are reached), then defaults that point at that local stack. One naming rule:
+every field of a store's section is reachable as ``TRADESTORE_<STORE>__<NAME>``
+(``TRADESTORE_QUESTDB__FLUSH_ROWS=5000``). Passwords are ``SecretStr``: they never show in a
+repr or a log. A bad value is a ``ConfigError``.
 
 Each section builds its driver's connection arguments in one method, used alike by the store,
-the local stack and the tests, so a timeout or a time zone is never set in one place and
-forgotten in another.
+the local stack and the tests, so a timeout, a time zone or a guard is never set in one place
+and forgotten in another.
+
+Reaching the local stack: PostgreSQL and Redis over Unix sockets (``socket_dir``), QuestDB over
+TCP to the process the stack's pid file names (``server_pid_file``); ``stack up`` records these
+in ``endpoints.json``, each for the address its server has (host and ports). They apply only
+while the settings point at that address: another host or port (a remote deployment, a server
+of one's own) is reached over plain TCP, and so is any section whose ``socket_dir`` is set
+empty (``TRADESTORE_POSTGRES__SOCKET_DIR=``). A password is handed to a driver only through a
+guard that checks the server first (``tradestore.peers``), so that a process listening in a
+stopped server's place receives none.
 """
 
 from __future__ import annotations
@@ -16,7 +26,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, Self
+from typing import Any, ClassVar, Literal, Self
 from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
@@ -29,8 +39,18 @@ from pydantic_settings import (
 
 from tradestore.errors import ConfigError
 from tradestore.models.base import MAX_JSON_BYTES
+from tradestore.peers import (
+    Check,
+    GuardedCredentials,
+    GuardedSecret,
+    StackProcessCheck,
+    current_user,
+    require_socket_peer,
+    trust_any_listener,
+)
 
 CREDENTIALS_FILE = "credentials.json"
+ENDPOINTS_FILE = "endpoints.json"
 LOOPBACK = "127.0.0.1"
 APPLICATION_NAME = "tradestore"
 
@@ -70,11 +90,47 @@ class StoreSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    @field_validator(
+        "socket_dir", "socket_user", "server_pid_file", mode="before", check_fields=False
+    )
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        # ``TRADESTORE_POSTGRES__SOCKET_DIR=`` asks for TCP even where the stack recorded one.
+        return None if value == "" else value
 
-class PostgresSettings(StoreSettings):
+
+class SocketSettings(StoreSettings):
+    """A server reached over a Unix socket when ``socket_dir`` is set, else over TCP."""
+
+    socket_template: ClassVar[str]
+    host: str = LOOPBACK
+    port: Port
+    socket_dir: Path | None = None
+    """Reach the server over its Unix socket in this directory instead of TCP (``host`` is then
+    unused; the socket's name carries ``port``). The local stack records its own."""
+    socket_user: str | None = None
+    """The OS user the server on the socket must run as, checked (SO_PEERCRED) before any
+    password is sent, as libpq's ``requirepeer``; by default the current user."""
+
+    def socket_in(self, directory: Path) -> Path:
+        return directory / self.socket_template.format(port=self.port)
+
+    def socket_path(self) -> Path | None:
+        return None if self.socket_dir is None else self.socket_in(self.socket_dir)
+
+    def guarded(self, secret: str) -> GuardedSecret:
+        """The password, handed out only to the expected server when reached over a socket."""
+        path = self.socket_path()
+        if path is None:
+            return GuardedSecret(secret)
+        user = self.socket_user or current_user()
+        return GuardedSecret(secret, lambda: require_socket_peer(path, user))
+
+
+class PostgresSettings(SocketSettings):
     """PostgreSQL: a superuser for the stack, an owner role that migrates, an app role for data."""
 
-    host: str = LOOPBACK
+    socket_template: ClassVar[str] = ".s.PGSQL.{port}"
     port: Port = _port(25432)
     database: str = "tradestore"
     superuser: str = "tradestore_admin"
@@ -115,32 +171,62 @@ class PostgresSettings(StoreSettings):
         user = self.user(role)
         return user, _secret_value(secret, f"PostgreSQL role {user}")
 
+    def _host(self) -> str:
+        """A directory (a Unix socket, as libpq and asyncpg both read it) or a host name."""
+        return self.host if self.socket_dir is None else str(self.socket_dir)
+
     def connect_arguments(self, role: Role = "app", database: str | None = None) -> dict[str, Any]:
-        """asyncpg's connect arguments for one role, the password included; sessions run in UTC."""
+        """asyncpg's connect arguments for one role; the password is a guard that asyncpg calls
+        for each connection (asyncpg 0.32 answers any password request, cleartext included, so
+        the server is checked first when it can be). Sessions run in UTC."""
         user, password = self.credentials(role)
         return {
-            "host": self.host,
+            "host": self._host(),
             "port": self.port,
             "user": user,
-            "password": password,
+            "password": self.guarded(password),
             "database": database or self.database,
             "timeout": self.connect_timeout_s,
             "command_timeout": self.command_timeout_s,
             "server_settings": {"application_name": APPLICATION_NAME, "timezone": "UTC"},
         }
 
+    def libpq_arguments(
+        self, role: Role = "app", application: str = APPLICATION_NAME
+    ) -> dict[str, str]:
+        """libpq's connection keywords (psycopg, the PostgreSQL tools), the password included.
+
+        libpq refuses by itself what asyncpg cannot: any request for a password other than
+        SCRAM (``require_auth``), and a socket served by another user (``requirepeer``).
+        """
+        user, password = self.credentials(role)
+        arguments = {
+            "host": self._host(),
+            "port": str(self.port),
+            "user": user,
+            "password": password,
+            "dbname": self.database,
+            "connect_timeout": str(max(2, round(self.connect_timeout_s))),
+            "application_name": application,
+            "require_auth": "scram-sha-256",
+        }
+        if self.socket_dir is not None:
+            arguments["requirepeer"] = self.socket_user or current_user()
+        return arguments
+
     def dsn(self, role: Role = "app") -> str:
         """A postgresql:// URL without the password, safe to print."""
-        return (
-            f"postgresql://{quote(self.user(role))}@{self.host}:{self.port}/{quote(self.database)}"
-        )
+        user, database = quote(self.user(role)), quote(self.database)
+        if self.socket_dir is None:
+            return f"postgresql://{user}@{self.host}:{self.port}/{database}"
+        return f"postgresql://{user}@/{database}?host={self.socket_dir}&port={self.port}"
 
 
-class RedisSettings(StoreSettings):
+class RedisSettings(SocketSettings):
     """Redis: an application user and the stack's admin user (``default`` is switched off),
     key TTLs, streams, pub/sub."""
 
-    host: str = LOOPBACK
+    socket_template: ClassVar[str] = "redis-{port}.sock"
     port: Port = _port(26379)
     db: int = Field(default=0, ge=0)
     username: str = "tradestore"
@@ -197,20 +283,29 @@ class RedisSettings(StoreSettings):
         return _secret_value(self.admin_password, f"Redis user {self.admin_username}")
 
     def connect_arguments(self, *, admin: bool = False) -> dict[str, Any]:
-        """redis-py's connection arguments as the application user (or the stack's admin), the
-        password included."""
+        """redis-py's arguments as the application user (or the stack's admin): a Unix socket
+        or host and port, and credentials handed out only once the server checked out."""
+        path = self.socket_path()
+        username = self.admin_username if admin else self.username
+        secret = self.admin_secret() if admin else self.secret()
+        address: dict[str, Any] = (
+            {"host": self.host, "port": self.port}
+            if path is None
+            else {"unix_socket_path": str(path)}
+        )
         return {
-            "host": self.host,
-            "port": self.port,
+            **address,
             "db": self.db,
-            "username": self.admin_username if admin else self.username,
-            "password": self.admin_secret() if admin else self.secret(),
+            "credential_provider": GuardedCredentials(username, self.guarded(secret)),
             "socket_timeout": self.command_timeout_s,
             "socket_connect_timeout": self.connect_timeout_s,
         }
 
     def dsn(self) -> str:
-        """A redis:// URL without the password, safe to print."""
+        """A redis:// (or unix://) URL without the password, safe to print."""
+        path = self.socket_path()
+        if path is not None:
+            return f"unix://{quote(self.username)}@{path}?db={self.db}"
         return f"redis://{quote(self.username)}@{self.host}:{self.port}/{self.db}"
 
 
@@ -230,6 +325,9 @@ class QuestDBSettings(StoreSettings):
     connect_timeout_s: Seconds = Field(default=5.0, gt=0)
     query_timeout_s: Seconds = Field(default=30.0, gt=0)
     """Every query over PG wire; one that takes longer fails with StoreUnavailableError."""
+    server_pid_file: Path | None = None
+    """The local stack's QuestDB pid file: credentials then go only to the process it names,
+    found listening on the port. QuestDB has no Unix socket; the stack records this."""
     query_pool_size: int = Field(default=4, ge=1)
     flush_interval_s: Seconds = Field(default=0.1, gt=0)
     flush_rows: int = Field(default=10_000, ge=1)
@@ -250,13 +348,21 @@ class QuestDBSettings(StoreSettings):
     def secret(self) -> str:
         return _secret_value(self.password, f"QuestDB user {self.user}")
 
+    def server_check(self, port: int) -> Check:
+        """The check to pass before credentials go to ``port``: the local stack's process, or
+        nothing to check for a QuestDB that is not the local stack's (see the README)."""
+        if self.server_pid_file is None:
+            return trust_any_listener
+        return StackProcessCheck("QuestDB", self.host, port, self.server_pid_file)
+
     def connect_arguments(self) -> dict[str, Any]:
-        """asyncpg's arguments for PG wire, the password included; the session runs in UTC."""
+        """asyncpg's arguments for PG wire (QuestDB asks for a cleartext password: the password
+        is a guard that checks the listener first); the session runs in UTC."""
         return {
             "host": self.host,
             "port": self.pg_port,
             "user": self.user,
-            "password": self.secret(),
+            "password": GuardedSecret(self.secret(), self.server_check(self.pg_port)),
             "database": self.database,
             "timeout": self.connect_timeout_s,
             "command_timeout": self.query_timeout_s,
@@ -264,7 +370,8 @@ class QuestDBSettings(StoreSettings):
         }
 
     def ilp_conf(self) -> str:
-        """Configuration string for the official client's ILP-over-HTTP sender. Holds the secret."""
+        """Configuration string for the official client's ILP-over-HTTP sender. Holds the secret:
+        pass ``server_check(http_port)`` before each use."""
         return (
             f"http::addr={self.host}:{self.http_port};"
             f"username={self.user};password={self.secret()};"
@@ -332,8 +439,27 @@ class ObservabilitySettings(StoreSettings):
     """Each health check and server read of the monitor."""
 
 
-class CredentialsFileSource(PydanticBaseSettingsSource):
-    """Reads the passwords ``tradestore stack up`` generated, from the data directory in force."""
+ADDRESS_KEYS: dict[str, tuple[str, ...]] = {
+    "postgres": ("host", "port"),
+    "redis": ("host", "port"),
+    "questdb": ("host", "http_port", "pg_port"),
+}
+"""The fields an endpoint is recorded for: it applies only while they are unchanged."""
+
+
+def _read_json(path: Path, what: str) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        loaded: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"unreadable {what} file {path}: {error}") from error
+    return loaded
+
+
+class LocalStackSource(PydanticBaseSettingsSource):
+    """What ``tradestore stack up`` recorded in the data directory in force: the passwords it
+    generated, and how its servers are reached, for the addresses they were recorded for."""
 
     def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # noqa: ANN401
         # Whole-file source: values come from __call__, never field by field.
@@ -343,14 +469,21 @@ class CredentialsFileSource(PydanticBaseSettingsSource):
         data_dir = Path(
             self.current_state.get("data_dir", Settings.model_fields["data_dir"].default)
         )
-        path = data_dir / CREDENTIALS_FILE
-        if not path.is_file():
-            return {}
-        try:
-            loaded: dict[str, Any] = json.loads(path.read_text())
-        except (OSError, ValueError) as error:
-            raise ConfigError(f"unreadable credentials file {path}: {error}") from error
-        return loaded
+        values = _read_json(data_dir / CREDENTIALS_FILE, "credentials")
+        for section, recorded in _read_json(data_dir / ENDPOINTS_FILE, "endpoints").items():
+            keys = ADDRESS_KEYS.get(section, ())
+            if keys and all(self._in_force(section, key) == str(recorded.get(key)) for key in keys):
+                endpoint = {key: value for key, value in recorded.items() if key not in keys}
+                values[section] = values.get(section, {}) | endpoint
+        return values
+
+    def _in_force(self, section: str, key: str) -> str:
+        """A field's value as the sources above this one set it, else its default."""
+        given = self.current_state.get(section)
+        value = given.get(key) if isinstance(given, Mapping) else getattr(given, key, None)
+        if value is None:
+            value = getattr(Settings.model_fields[section].default, key)
+        return str(value)
 
 
 class Settings(BaseSettings):
@@ -386,6 +519,10 @@ class Settings(BaseSettings):
     def credentials_file(self) -> Path:
         return self.data_dir / CREDENTIALS_FILE
 
+    @property
+    def endpoints_file(self) -> Path:
+        return self.data_dir / ENDPOINTS_FILE
+
     def with_changes(self, **sections: Mapping[str, Any]) -> Settings:
         """A copy with some fields of some sections changed, validated like the originals:
         ``settings.with_changes(questdb={"flush_rows": 100})``."""
@@ -414,5 +551,5 @@ class Settings(BaseSettings):
             env_settings,
             dotenv_settings,
             file_secret_settings,
-            CredentialsFileSource(settings_cls),
+            LocalStackSource(settings_cls),
         )

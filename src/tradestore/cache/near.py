@@ -27,6 +27,7 @@ import anyio
 import anyio.lowlevel
 import coredis
 from coredis.commands.constants import CommandName
+from coredis.credentials import AbstractCredentialProvider, UserPass
 from coredis.exceptions import AuthenticationError as CoredisAuthenticationError
 from coredis.exceptions import AuthorizationError as CoredisAuthorizationError
 from coredis.exceptions import RedisError as CoredisError
@@ -38,6 +39,7 @@ from tradestore.errors import ConfigError, StoreUnavailableError
 from tradestore.lifecycle import Lifecycle
 from tradestore.observability.counters import count
 from tradestore.observability.latency import timed, timed_lookup
+from tradestore.peers import GuardedCredentials
 from tradestore.settings import RedisSettings
 
 _KEEPALIVE_WAKE_S = 1.0
@@ -161,6 +163,16 @@ class _TrackingLink(NodeTrackingCache[Any]):
             await anyio.lowlevel.checkpoint()
 
 
+class _CheckedUserPass(AbstractCredentialProvider):
+    """coredis' side of the settings' guarded credentials: the server is checked first."""
+
+    def __init__(self, credentials: GuardedCredentials) -> None:
+        self._credentials = credentials
+
+    async def get_credentials(self) -> UserPass:
+        return UserPass(self._credentials.username, self._credentials.secret())
+
+
 class NearCache(Lifecycle):
     """In-process prices served without a round trip, never after Redis changed or expired them.
 
@@ -173,12 +185,16 @@ class NearCache(Lifecycle):
     def __init__(self, config: RedisSettings) -> None:
         self._entries = _Entries(config.near_cache_max_keys)
         arguments = config.connect_arguments()
+        path = arguments.get("unix_socket_path")
+        address = (
+            {"unix_socket_path": path}
+            if path is not None
+            else {"host": arguments["host"], "port": arguments["port"]}
+        )
         self._client: coredis.Redis[bytes] = coredis.Redis(
-            host=arguments["host"],
-            port=arguments["port"],
+            **address,
             db=arguments["db"],
-            username=arguments["username"],
-            password=arguments["password"],
+            credential_provider=_CheckedUserPass(arguments["credential_provider"]),
             decode_responses=False,  # decode_price refuses bytes that are not UTF-8
             stream_timeout=arguments["socket_timeout"],  # coredis' names for redis-py's
             connect_timeout=arguments["socket_connect_timeout"],

@@ -26,7 +26,8 @@ app = typer.Typer(help="Start, stop and inspect the local PostgreSQL, Redis and 
 def _status_table(statuses: list[ServerStatus]) -> Table:
     table = Table(title="tradestore stack")
     for column in ("server", "state", "version", "address", "latency", "pid"):
-        table.add_column(column, no_wrap=column != "address")
+        # A socket's path folds over lines rather than lose its end to an ellipsis.
+        table.add_column(column, no_wrap=column != "address", overflow="fold")
     for status in statuses:
         state = "[green]running[/]" if status.running else "[red]stopped[/]"
         if status.error:

@@ -26,7 +26,7 @@ from yoyo.backends.core.postgresql import PostgresqlPsycopgBackend
 from yoyo.connections import DatabaseURI
 from yoyo.migrations import default_migration_table
 
-from tradestore.errors import MigrationError, StoreUnavailableError
+from tradestore.errors import MigrationError, StoreUnavailableError, UntrustedServerError
 from tradestore.settings import Settings
 
 MIGRATIONS_DIR = Path(str(resources.files("tradestore.relational") / "sql"))
@@ -42,6 +42,9 @@ LOCK_KEY = 0x7472_6164_6573_746F  # "tradesto": one advisory lock key for every 
 LOCK_WAIT = "60s"
 UNAVAILABLE_SQLSTATES = ("08", "53", "57P")
 """Connection exceptions, insufficient resources, operator intervention (shutdown)."""
+UNTRUSTED_SERVER = ("authentication method requirement", "requirepeer")
+"""libpq's words when it refused a server: a password request other than SCRAM
+(``require_auth``), a socket served by another user (``requirepeer``)."""
 
 State = Literal["applied", "pending", "changed", "missing"]
 
@@ -64,6 +67,8 @@ def _failure(error: Exception, where: str) -> Exception:
     if isinstance(error, psycopg.OperationalError) and (
         error.sqlstate is None or error.sqlstate.startswith(UNAVAILABLE_SQLSTATES)
     ):
+        if any(words in str(error) for words in UNTRUSTED_SERVER):
+            return UntrustedServerError(f"PostgreSQL at {where}: {error}")
         return StoreUnavailableError(f"PostgreSQL at {where}: {error}")
     return MigrationError(f"migration failed: {error}")
 
@@ -72,18 +77,15 @@ def _failure(error: Exception, where: str) -> Exception:
 def _backend(settings: Settings) -> Iterator[Any]:
     """A yoyo backend logged in as the owner role; its failures become typed errors."""
     config = settings.postgres
-    user, password = config.credentials("owner")
+    arguments = config.libpq_arguments("owner", application="tradestore-migrate")
     uri = DatabaseURI(
         scheme="postgresql+psycopg",
-        username=user,
-        password=password,
-        hostname=config.host,
-        port=config.port,
-        database=config.database,
-        args={
-            "connect_timeout": str(max(2, round(config.connect_timeout_s))),
-            "application_name": "tradestore-migrate",
-        },
+        username=arguments.pop("user"),
+        password=arguments.pop("password"),
+        hostname=arguments.pop("host"),
+        port=int(arguments.pop("port")),
+        database=arguments.pop("dbname"),
+        args=arguments,  # timeout, application name, and what libpq must refuse
     )
     try:
         backend = PostgresqlPsycopgBackend(uri, default_migration_table)

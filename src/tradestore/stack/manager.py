@@ -10,6 +10,7 @@ from tradestore.errors import StackError
 from tradestore.settings import Settings
 from tradestore.stack.base import ManagedServer, ServerStatus, server_status
 from tradestore.stack.credentials import ensure_credentials
+from tradestore.stack.endpoints import record_endpoints
 from tradestore.stack.lock import stack_lock
 from tradestore.stack.postgres import PostgresServer
 from tradestore.stack.questdb import QuestDBServer
@@ -33,11 +34,16 @@ class LocalStack:
         self._configure(settings)
 
     def _configure(self, settings: Settings) -> None:
-        self.settings = settings
-        self.servers: tuple[ManagedServer, ...] = (
-            PostgresServer(self.settings),
-            RedisServer(self.settings),
-            QuestDBServer(self.settings),
+        """The servers of settings' data directory, and settings that reach them as clients
+        should: over the servers' own Unix sockets, and to QuestDB's own process only."""
+        postgres, redis, questdb = (
+            PostgresServer(settings),
+            RedisServer(settings),
+            QuestDBServer(settings),
+        )
+        self.servers: tuple[ManagedServer, ...] = (postgres, redis, questdb)
+        self.settings = settings.model_copy(
+            update={"postgres": postgres.config, "redis": redis.config, "questdb": questdb.config}
         )
 
     def server(self, name: str) -> ManagedServer:
@@ -80,11 +86,13 @@ class LocalStack:
     async def up(self, on_event: ServerCallback = _ignore) -> None:
         """Start every stopped server and wait until each answers a real query.
 
-        Passwords are generated here, on the first ``up``, never by a command that only looks.
-        One process at a time starts or stops a data directory's servers: another waits.
+        Passwords are generated here, on the first ``up``, never by a command that only looks;
+        so is the endpoints file that tells clients how to reach the servers. One process at a
+        time starts or stops a data directory's servers: another waits.
         """
         async with self._locked(on_event):
             self._configure(ensure_credentials(self.settings))
+            record_endpoints(self.settings)
             await self._each(lambda s: s.up(), self.servers, on_event, "starting", "ready")
 
     async def down(self, on_event: ServerCallback = _ignore) -> None:

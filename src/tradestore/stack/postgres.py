@@ -14,6 +14,12 @@ Without root, nothing moves: the cluster is ``<data dir>/postgres`` and the serv
 caller. Every finished WAL segment is
 archived into the stack's pgBackRest repository (see ``pgbackrest.py``), so backups restore to
 any moment.
+
+Clients reach it over the Unix socket in ``<cluster>/run`` (0700, the server user's; PostgreSQL
+makes the socket 0700 too): no other user can reach or replace it, and a process squatting on
+the TCP port while the server is down is never asked. TCP on loopback stays open for what is
+explicitly pointed at it (tools, a client configured with a host, the latency benchmark), and
+both take SCRAM passwords only.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from pathlib import Path
 import asyncpg
 
 from tradestore.errors import PrerequisiteError, StackError
+from tradestore.peers import current_user
 from tradestore.settings import PostgresSettings, Role, Settings
 from tradestore.stack.base import median_round_trip_ms
 from tradestore.stack.lock import stack_lock
@@ -40,6 +47,7 @@ from tradestore.stack.process import (
     process_cwd,
     read_pid,
     require_free_ports,
+    require_short_socket_path,
     run_command,
     running_as_root,
     system_user_ids,
@@ -53,6 +61,14 @@ SYSTEM_USER = "postgres"
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 60.0
 CONFIG_INCLUDE = "tradestore.conf"
+HBA_FILE = "pg_hba.conf"
+HBA = (
+    "# Written by tradestore on every `stack up`: SCRAM passwords only, over the Unix socket\n"
+    "# and loopback TCP.\n"
+    "local all all scram-sha-256\n"
+    "host all all 127.0.0.1/32 scram-sha-256\n"
+    "host all all ::1/128 scram-sha-256\n"
+)
 CLUSTERS_DIR = "tradestore"
 """Under the postgres user's home: the clusters of the stacks run as root."""
 
@@ -99,16 +115,17 @@ def cluster_root(data_dir: Path) -> Path:
 
 
 class PostgresServer:
-    """The stack's PostgreSQL: loopback only, scram-sha-256 on TCP, no Unix socket."""
+    """The stack's PostgreSQL: a private Unix socket and loopback TCP, scram-sha-256 on both."""
 
     name = NAME
 
     def __init__(self, settings: Settings) -> None:
-        self.config: PostgresSettings = settings.postgres
         self.stack_dir = settings.data_dir
         self.link = settings.data_dir / "postgres"
         self.root = cluster_root(settings.data_dir)
         self.data_dir = self.root / "data"
+        self.run_dir = self.root / "run"
+        self.socket = settings.postgres.socket_in(self.run_dir)
         self.log_file = self.root / "postgres.log"
         self.backrest = PgBackRest(
             settings,
@@ -118,10 +135,14 @@ class PostgresServer:
             as_owner=self._as_cluster_owner,
             owner=SYSTEM_USER,
         )
+        owner = SYSTEM_USER if running_as_root() else current_user()
+        self.config: PostgresSettings = settings.postgres.model_copy(
+            update={"socket_dir": self.run_dir, "socket_user": owner}
+        )
 
     @property
     def address(self) -> str:
-        return f"{self.config.host}:{self.config.port}"
+        return f"{self.socket}, {self.config.host}:{self.config.port}"
 
     def _as_cluster_owner(self, argv: list[str]) -> list[str]:
         if running_as_root():
@@ -185,35 +206,48 @@ class PostgresServer:
             password_file.unlink(missing_ok=True)
         with (self.data_dir / "postgresql.conf").open("a") as conf:
             conf.write(f"\ninclude_if_exists = '{CONFIG_INCLUDE}'\n")
-        write_private(
-            self.data_dir / "pg_hba.conf",
-            "# tradestore: password logins over loopback TCP only\n"
-            "host all all 127.0.0.1/32 scram-sha-256\n"
-            "host all all ::1/128 scram-sha-256\n",
-        )
+
+    def _server_config(self) -> dict[Path, str]:
+        """The files ``up`` writes into the cluster, and what each must hold now."""
+        return {
+            self.data_dir / CONFIG_INCLUDE: (
+                "# Written by tradestore on every `stack up`; edit the settings, not this file.\n"
+                f"listen_addresses = '{self.config.host}'\n"
+                f"port = {self.config.port}\n"
+                f"unix_socket_directories = '{self.run_dir}'\n"
+                "unix_socket_permissions = 0700\n"
+                "max_connections = 200\n"
+                "shared_buffers = '256MB'\n"
+                "password_encryption = 'scram-sha-256'\n"
+                "wal_level = replica\n"
+                "log_line_prefix = '%m [%p] %q%u@%d '\n"
+                "timezone = 'UTC'\n"
+                "shared_preload_libraries = 'pg_stat_statements'\n" + self._archive_config()
+            ),
+            self.data_dir / HBA_FILE: HBA,
+        }
+
+    def _configured(self) -> bool:
+        """Whether the running server was started with the configuration ``up`` writes now
+        (one an older version started has no Unix socket, say)."""
+        for path, text in self._server_config().items():
+            try:
+                if path.read_text() != text:
+                    return False
+            except OSError:
+                return False
+        return True
 
     def _archive_config(self) -> str:
         """Archive every WAL segment into the stack's repository (a change needs a restart)."""
-        self.backrest.write_config()
         command = self.backrest.archive_command().replace("'", "''")
         return f"archive_mode = on\narchive_command = '{command}'\n"
 
     def _write_server_config(self) -> None:
-        archive = self._archive_config()
-        write_private(
-            self.data_dir / CONFIG_INCLUDE,
-            "# Written by tradestore on every `stack up`; edit the settings, not this file.\n"
-            f"listen_addresses = '{self.config.host}'\n"
-            f"port = {self.config.port}\n"
-            "unix_socket_directories = ''\n"
-            "max_connections = 200\n"
-            "shared_buffers = '256MB'\n"
-            "password_encryption = 'scram-sha-256'\n"
-            "wal_level = replica\n"
-            "log_line_prefix = '%m [%p] %q%u@%d '\n"
-            "timezone = 'UTC'\n"
-            "shared_preload_libraries = 'pg_stat_statements'\n" + archive,
-        )
+        private_dir(self.run_dir)
+        self.backrest.write_config()
+        for path, text in self._server_config().items():
+            write_private(path, text)
         if running_as_root():
             chown_tree(self.root, *system_user_ids(SYSTEM_USER))
 
@@ -300,11 +334,15 @@ class PostgresServer:
         await self.backrest.ensure_stanza()
 
     async def up(self) -> None:
+        """Start if stopped; restart a server running with an out-of-date configuration."""
         async with stack_lock(self.stack_dir):
-            if self.running_pid() is not None and await self._archiving_off():
-                # archive_mode changes only with a restart: once, for a stack made before backups.
-                await self.down()
-            if self.running_pid() is None:
+            pid = self.running_pid()
+            if pid is not None and (not self._configured() or await self._archiving_off()):
+                # Settings that take a restart (sockets, archiving, preloaded libraries): once,
+                # for a server an older version started.
+                await self._stop(pid)
+                pid = None
+            if pid is None:
                 await self._start()
             await wait_until_ready(
                 NAME,
@@ -318,6 +356,7 @@ class PostgresServer:
 
     async def _start(self) -> None:
         require_free_ports(NAME, self.config.host, [self.config.port], self.log_file)
+        require_short_socket_path(NAME, self.socket, self.log_file)
         self._place_cluster()
         make_private(self.root)
         if not (self.data_dir / "PG_VERSION").exists():
@@ -346,17 +385,21 @@ class PostgresServer:
         )
 
     async def down(self) -> bool:
+        async with stack_lock(self.stack_dir):
+            pid = self.running_pid()
+            if pid is None:
+                return False
+            await self._stop(pid)
+            return True
+
+    @staticmethod
+    async def _stop(pid: int) -> None:
         """A fast shutdown (SIGINT, as ``pg_ctl stop -m fast`` sends), by pid.
 
         By signal rather than through pg_ctl, which would need the path: a cluster an older
         version left running inside the data directory is out of the postgres user's reach now.
         """
-        async with stack_lock(self.stack_dir):
-            pid = self.running_pid()
-            if pid is None:
-                return False
-            await terminate(pid, timeout_s=STOP_TIMEOUT_S, first_signal=signal.SIGINT)
-            return True
+        await terminate(pid, timeout_s=STOP_TIMEOUT_S, first_signal=signal.SIGINT)
 
     async def measure(self) -> tuple[str, float]:
         connection = await self._connect("app")

@@ -85,6 +85,21 @@ def require_free_ports(server: str, host: str, ports: Sequence[int], log_file: P
             )
 
 
+UNIX_SOCKET_PATH_MAX = 107
+"""sun_path holds 108 bytes with its terminating NUL."""
+
+
+def require_short_socket_path(server: str, path: Path, log_file: Path) -> None:
+    """A Unix socket's path must fit in sun_path; say so before the server fails obscurely."""
+    if len(os.fsencode(path)) > UNIX_SOCKET_PATH_MAX:
+        raise StackError(
+            server,
+            f"the Unix socket path {path} is longer than {UNIX_SOCKET_PATH_MAX} bytes; "
+            "choose a data directory with a shorter path",
+            log_file,
+        )
+
+
 def pid_alive(pid: int) -> bool:
     """Running (a zombie that still awaits its parent's wait is not), or not ours to inspect."""
     try:

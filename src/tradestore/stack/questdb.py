@@ -131,12 +131,15 @@ class QuestDBServer(SpawnedServer):
     stop_timeout_s = 60.0
 
     def __init__(self, settings: Settings) -> None:
-        self.config: QuestDBSettings = settings.questdb
-        self.host = self.config.host
         self.stack_dir = settings.data_dir
         self.root = settings.data_dir / "questdb"
         self.pid_file = self.root / "questdb.pid"
         self.log_file = self.root / "questdb.log"
+        # Credentials go only to the process this pid file names (QuestDB has no Unix socket).
+        self.config: QuestDBSettings = settings.questdb.model_copy(
+            update={"server_pid_file": self.pid_file}
+        )
+        self.host = self.config.host
 
     @property
     def address(self) -> str:
@@ -181,11 +184,13 @@ class QuestDBServer(SpawnedServer):
         return await asyncpg.connect(**self.config.connect_arguments())
 
     def http_status(self, *, authenticated: bool) -> int:
-        """HTTP status of a trivial REST query, with or without the credentials."""
+        """HTTP status of a trivial REST query, with or without the credentials (sent only to
+        this stack's QuestDB)."""
         request = urllib.request.Request(  # noqa: S310 - the URL is our own loopback server
             f"{self.config.http_url()}/exec?query=SELECT%201"
         )
         if authenticated:
+            self.config.server_check(self.config.http_port)()
             token = base64.b64encode(f"{self.config.user}:{self.config.secret()}".encode()).decode()
             request.add_header("Authorization", f"Basic {token}")
         try:

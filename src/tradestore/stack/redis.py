@@ -2,6 +2,9 @@
 
 The application user may run only the commands tradestore's cache, streams and pub/sub send,
 on its own key and channel patterns; the admin user is the stack's (status, fault drills).
+Clients reach it over a Unix socket in ``<data dir>/redis/run`` (0700, and the socket 0600):
+no other user can reach or replace it, and a process squatting on the TCP port while Redis is
+down is never sent a password. TCP on loopback stays for what is explicitly pointed at it.
 """
 
 from __future__ import annotations
@@ -12,9 +15,10 @@ from pathlib import Path
 import redis.asyncio as aioredis
 
 from tradestore.errors import PrerequisiteError
+from tradestore.peers import current_user
 from tradestore.settings import RedisSettings, Settings
 from tradestore.stack.base import median_round_trip_ms
-from tradestore.stack.process import process_cwd
+from tradestore.stack.process import process_cwd, require_short_socket_path
 from tradestore.stack.spawn import SpawnedServer
 
 NAME = "redis"
@@ -60,17 +64,21 @@ class RedisServer(SpawnedServer):
     start_timeout_s = START_TIMEOUT_S
 
     def __init__(self, settings: Settings) -> None:
-        self.config: RedisSettings = settings.redis
-        self.host = self.config.host
         self.stack_dir = settings.data_dir
         self.root = settings.data_dir / "redis"
+        self.run_dir = self.root / "run"
+        self.socket = settings.redis.socket_in(self.run_dir)
         self.conf_file = self.root / "redis.conf"
         self.pid_file = self.root / "redis.pid"
         self.log_file = self.root / "redis.log"
+        self.config: RedisSettings = settings.redis.model_copy(
+            update={"socket_dir": self.run_dir, "socket_user": current_user()}
+        )
+        self.host = self.config.host
 
     @property
     def address(self) -> str:
-        return f"{self.config.host}:{self.config.port}"
+        return f"{self.socket}, {self.config.host}:{self.config.port}"
 
     def _owns(self, pid: int) -> bool:
         # redis-server changes into its `dir`, which is this stack's own directory.
@@ -84,6 +92,8 @@ class RedisServer(SpawnedServer):
             "# Written by tradestore when it starts the server; it holds passwords (mode 0600).\n"
             f"bind {self.config.host}\n"
             f"port {self.config.port}\n"
+            f"unixsocket {_quoted(self.socket)}\n"
+            "unixsocketperm 600\n"
             "protected-mode yes\n"
             "daemonize no\n"
             f"dir {_quoted(self.root)}\n"
@@ -99,6 +109,7 @@ class RedisServer(SpawnedServer):
         )
 
     async def _command(self) -> list[str]:
+        require_short_socket_path(NAME, self.socket, self.log_file)
         server = shutil.which("redis-server")
         if server is None:
             raise PrerequisiteError(

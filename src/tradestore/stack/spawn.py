@@ -59,6 +59,8 @@ class SpawnedServer(ABC):
     log_file: Path
     start_timeout_s: float
     stop_timeout_s: float = 30.0
+    run_dir: Path | None = None
+    """Where the server makes its Unix socket: created 0700 before it starts."""
 
     @abstractmethod
     def _owns(self, pid: int) -> bool:
@@ -98,6 +100,8 @@ class SpawnedServer(ABC):
                 require_free_ports(self.name, self.host, self._ports(), self.log_file)
                 private_dir(self.root)
                 make_private(self.root)
+                if self.run_dir is not None:
+                    private_dir(self.run_dir)
                 argv = await self._command()
                 config_file, config = self._config()
                 write_private(private_dir(config_file.parent) / config_file.name, config)

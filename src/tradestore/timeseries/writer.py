@@ -119,6 +119,8 @@ class TimeSeriesWriter:
             + f"auto_flush=off;protocol_version={PROTOCOL_VERSION};retry_timeout=0;"
             + f"request_timeout={int(self.config.request_timeout_s * 1000)};"
         )
+        # Before every send: the credentials go only to the local stack's own QuestDB.
+        self._server_check = self.config.server_check(self.config.http_port)
         self._counters = _Counters()
         self._open: dict[str, _Batch] = {}
         self._sealed: list[_Batch] = []
@@ -312,6 +314,7 @@ class TimeSeriesWriter:
                 raise _Aborted
             started = time.perf_counter()
             try:
+                self._server_check()
                 if self._sender is None:
                     self._sender = _new_sender(self._conf)
                 self._sender.flush(batch.buffer, clear=False, transactional=True)
