@@ -15,7 +15,6 @@ import asyncio
 import json
 import os
 import random
-import shutil
 import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -27,7 +26,13 @@ from solders.signature import Signature
 
 from benchmarks.support import running_stack
 from tradestore.models import Trade, TradeAction, TradingMode
-from tradestore.operations import compress_partitions, restore_cluster, restore_drill, run_backup
+from tradestore.operations import (
+    compress_partitions,
+    discard_restored_cluster,
+    restore_cluster,
+    restore_drill,
+    run_backup,
+)
 from tradestore.operations.backup import superuser_connection
 from tradestore.relational import apply_schema as apply_postgres_schema
 from tradestore.settings import Settings
@@ -153,12 +158,11 @@ async def backups(settings: Settings, fill_mib: int) -> dict[str, Any]:
         incr = await run_backup(settings, "incr")
         scratch = settings.data_dir / f"bench-restore-{uuid4().hex[:8]}"
         try:
-            cluster, restored = await restore_cluster(
+            _, restored = await restore_cluster(
                 settings, target=None, into=scratch, port=settings.operations.restore_port
             )
-            await cluster.down()
         finally:
-            shutil.rmtree(scratch, ignore_errors=True)
+            await discard_restored_cluster(scratch)
         drill = await restore_drill(settings)
     finally:
         async with superuser_connection(settings) as conn:

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
+from tests.operations_support import restored_roots
 from tradestore.cache import apply_schema as apply_redis_schema
 from tradestore.relational import apply_schema as apply_postgres_schema
 from tradestore.settings import Settings
@@ -110,10 +111,12 @@ def settings(stack: LocalStack) -> Settings:
 
 @pytest.fixture
 def scratch() -> Iterator[Path]:
-    """An empty directory the cluster's owner (postgres, when root) can reach; removed after."""
+    """An empty directory; removed after, with the clusters made for it or restored into it,
+    which live under ~postgres when run as root."""
     parent = REPO / ".tradestore"
     parent.mkdir(exist_ok=True)
     path = Path(tempfile.mkdtemp(prefix="scratch-", dir=parent))
-    path.chmod(0o755)
     yield path
+    for cluster in (cluster_root(path), *restored_roots(path)):
+        shutil.rmtree(cluster, ignore_errors=True)
     shutil.rmtree(path, ignore_errors=True)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+from tradestore.operations.backup import RESTORED_MARKER, RESTORED_PREFIX
 from tradestore.settings import Settings
+from tradestore.stack.postgres import clusters_home
 
 EXTRA_PORTS_OFFSET = 50
 """Restored clusters and QuestDBs listen at port base + 50 and up, clear of the test stack."""
@@ -20,27 +23,44 @@ def entries(path: Path) -> list[Path]:
     return list(path.iterdir())
 
 
-def postmaster_pids(path: Path) -> list[int]:
-    """Pids named by the postmaster.pid files of clusters restored under path."""
-    pids = []
+def postmaster_pids(path: Path) -> dict[int, Path]:
+    """Postmasters of the clusters restored under path (through the link to their data, as
+    root), each with the real directory it serves."""
+    pids = {}
     for pid_file in path.glob("*/data/postmaster.pid"):
         try:
-            pids.append(int(pid_file.read_text().split()[0]))
+            pids[int(pid_file.read_text().split()[0])] = pid_file.parent.resolve()
         except (OSError, ValueError, IndexError):
-            continue  # being written
+            continue  # being written, or already gone
     return pids
 
 
-def processes_under(path: Path) -> list[int]:
-    """Pids of live processes whose working directory lies under path (servers left behind)."""
+def restored_roots(under: Path) -> list[Path]:
+    """The directories of clusters restored (as root, under ~postgres) into a path under
+    ``under``, found by the file each holds that names where it was restored into."""
+    home = clusters_home()
+    if home is None or not home.is_dir():
+        return []
+    found = []
+    for marker in home.glob(f"{RESTORED_PREFIX}*/{RESTORED_MARKER}"):
+        into = Path(marker.read_text().strip())
+        if into == under or under.absolute() in into.parents:
+            found.append(marker.parent)
+    return found
+
+
+def processes_under(*paths: Path) -> list[int]:
+    """Pids of live processes working in a directory under one of paths (servers left behind),
+    even one deleted since."""
+    roots = [path.resolve() for path in paths]
     found = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
         try:
-            cwd = (proc / "cwd").resolve(strict=True)
+            cwd = Path(os.readlink(proc / "cwd").removesuffix(" (deleted)"))
         except OSError:
             continue
-        if cwd == path.resolve() or path.resolve() in cwd.parents:
+        if any(cwd == root or root in cwd.parents for root in roots):
             found.append(int(proc.name))
     return found

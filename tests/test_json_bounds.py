@@ -69,7 +69,7 @@ async def test_ten_mb_of_extensions_is_refused_and_nothing_stored(
 
 
 async def test_ten_mb_of_event_data_is_refused_and_nothing_published(
-    settings: Settings, redis_client: aioredis.Redis
+    settings: Settings, redis_admin: aioredis.Redis
 ) -> None:
     name = f"stream:bounds-{uuid.uuid4().hex}"
     unchecked = Event(event_type="big").model_copy(update={"data": TEN_MB})
@@ -84,8 +84,8 @@ async def test_ten_mb_of_event_data_is_refused_and_nothing_published(
                 await stream.publish_many([Event(event_type="fine"), unchecked])
             with pytest.raises(InvalidInputError, match="more than 1024"):
                 await strict.stream(name).publish(lower)
-            assert await redis_client.exists(name) == 0
+            assert await redis_admin.exists(name) == 0
             await stream.publish(lower)  # the default bound takes it
             assert await stream.length() == 1
     finally:
-        await redis_client.delete(name)
+        await redis_admin.delete(name)

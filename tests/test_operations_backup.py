@@ -8,13 +8,20 @@ import json
 import os
 import signal
 import socket
+import stat
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from tests.operations_support import entries, extra_port, postmaster_pids, processes_under
+from tests.operations_support import (
+    entries,
+    extra_port,
+    postmaster_pids,
+    processes_under,
+    restored_roots,
+)
 from tests.support import cli_env, tradestore
 from tradestore.errors import InvalidInputError, PortInUseError, TradestoreError
 from tradestore.operations import (
@@ -30,8 +37,8 @@ from tradestore.relational import apply_schema
 from tradestore.settings import Settings
 from tradestore.stack import LocalStack
 from tradestore.stack.credentials import ensure_credentials
-from tradestore.stack.postgres import PostgresServer, pg_bin
-from tradestore.stack.process import run_command
+from tradestore.stack.postgres import SYSTEM_USER, PostgresServer, as_cluster_owner, pg_bin
+from tradestore.stack.process import run_command, running_as_root, system_user_ids
 
 pytestmark = pytest.mark.drill
 
@@ -85,6 +92,7 @@ async def test_backups_are_listed_verified_and_restore_to_a_moment(
     live_pid = LocalStack(settings).server("postgresql").running_pid()
 
     port = extra_port(settings, 1)
+    assert mode_of(scratch) == 0o700  # out of the postgres user's reach when run as root
     cluster, result = await restore_cluster(
         settings, target=target, into=scratch / "restored", port=port
     )
@@ -93,6 +101,10 @@ async def test_backups_are_listed_verified_and_restore_to_a_moment(
         assert cluster.running_pid() is not None
         assert result.port == port
         assert result.data_dir == scratch / "restored" / "data"
+        assert result.data_dir.resolve() == cluster.data_dir
+        assert_private_to_the_cluster_owner(cluster.data_dir)
+        if running_as_root():  # beside the stack's clusters, named for where it was asked
+            assert restored_roots(scratch) == [cluster.root]
         assert result.restore_s > 0
         assert result.recovery_s > 0
         async with superuser_connection(settings, port=port) as conn:
@@ -101,9 +113,21 @@ async def test_backups_are_listed_verified_and_restore_to_a_moment(
         await cluster.down()
     assert await _rows(settings, table) == [(1, "kept"), (2, "second"), (3, "later")]
     assert LocalStack(settings).server("postgresql").running_pid() == live_pid
-    assert processes_under(scratch) == []
+    assert processes_under(scratch, cluster.root) == []
     async with superuser_connection(settings) as conn:
         await conn.execute(f"DROP TABLE {table}")
+
+
+def mode_of(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def assert_private_to_the_cluster_owner(data_dir: Path) -> None:
+    """A restored cluster's data and its directory are 0700 and the cluster owner's."""
+    owner = system_user_ids(SYSTEM_USER)[0] if running_as_root() else os.geteuid()
+    for directory in (data_dir, data_dir.parent):
+        assert mode_of(directory) == 0o700, directory
+        assert directory.stat().st_uid == owner, directory
 
 
 async def test_restore_to_latest_brings_every_commit(settings: Settings, scratch: Path) -> None:
@@ -153,20 +177,23 @@ async def test_a_drill_whose_cluster_is_killed_fails_typed_and_leaves_nothing(
     drill = asyncio.create_task(
         restore_drill(settings, port=extra_port(settings, 2), workdir=scratch)
     )
-    killed = None
-    while not drill.done() and killed is None:
-        for killed in postmaster_pids(scratch):
-            os.kill(killed, signal.SIGKILL)
+    killed: dict[int, Path] = {}
+    while not drill.done() and not killed:
+        killed = postmaster_pids(scratch)
+        for pid in killed:
+            os.kill(pid, signal.SIGKILL)
         await asyncio.sleep(0.005)
-    assert killed is not None, "the drill finished before its cluster could be killed"
+    assert killed, "the drill finished before its cluster could be killed"
     with pytest.raises(TradestoreError):
         await drill
     assert entries(scratch) == []
+    assert restored_roots(scratch) == []
+    assert not any(path.exists() for path in killed.values())
     for _ in range(100):  # backends notice their postmaster died within moments
-        if not processes_under(scratch):
+        if not processes_under(scratch, *killed.values()):
             break
         await asyncio.sleep(0.05)
-    assert processes_under(scratch) == []
+    assert processes_under(scratch, *killed.values()) == []
     assert LocalStack(settings).server("postgresql").running_pid() == live_pid
 
 
@@ -227,7 +254,9 @@ def test_cli_drill_checks_marks_counts_amcheck_and_the_live_cluster(stack: Local
     assert "ok live cluster untouched: same process, timeline and changed rows" in lines
     assert "drill passed: restored to" in drill.stdout
     workdir = settings.data_dir / "drill"
+    assert mode_of(workdir) == 0o700
     assert entries(workdir) == [], "the restored cluster's files must be removed"
+    assert restored_roots(workdir) == [], "wherever they lived"
     assert processes_under(workdir) == []
 
 
@@ -245,7 +274,7 @@ async def test_a_cluster_made_before_archiving_gains_it_and_restores_in_place(
         conf.write_text("".join(line for line in lines if not line.startswith("archive_")))
         data, log = str(server.data_dir), str(server.log_file)
         pg_ctl = [pg_bin("pg_ctl"), "start", "--wait", "--pgdata", data, "--log", log]
-        await run_command("postgresql", server._as_cluster_owner(pg_ctl), server.log_file)
+        await run_command("postgresql", as_cluster_owner(pg_ctl), server.log_file)
         async with superuser_connection(own) as conn:
             assert await conn.fetchval("SHOW archive_mode") == "off"
         old_pid = server.running_pid()

@@ -75,9 +75,8 @@ async def test_a_snapshot_restores_into_a_new_questdb_with_the_same_rows(
     ports = (extra_port(settings, 10), extra_port(settings, 11), extra_port(settings, 12))
     restored = await start_from_snapshot(settings, second.path, scratch / "restored", ports=ports)
     try:
-        other = settings.model_copy(
-            update={"questdb": settings.questdb.model_copy(update={"pg_port": ports[1]})}
-        )
+        # The restored server's own settings: its ports, and its pid file for the listener check.
+        other = settings.model_copy(update={"questdb": restored.config})
         assert await fetch(other, ROWS, str(trader)) == at_snapshot
         assert len(at_snapshot) == 700
     finally:

@@ -4,11 +4,16 @@ Full, differential and incremental backups plus the continuous WAL archive resto
 as it was at any moment since the oldest kept full backup. A restore goes into a NEW cluster on
 another port, started for inspection; replacing the live cluster is a separate function that a
 caller must choose by name.
+
+A restored cluster is not the stack's server: it takes no stack lock and has no pid file, stanza
+or path of the live cluster's. As root it is placed like the stack's cluster (see
+``tradestore.stack.postgres``): under the postgres user's home, where that user reaches it
+whatever the directory asked for (the stack's 0700 data directory, say), with a link to it there.
 """
 
 from __future__ import annotations
 
-import os
+import shutil
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -28,13 +33,34 @@ from tradestore.errors import (
 from tradestore.operations.checks import empty_directory
 from tradestore.operations.result import JobResult, Stopwatch
 from tradestore.settings import Settings
+from tradestore.stack.lock import stack_lock
 from tradestore.stack.pgbackrest import PgBackRest
-from tradestore.stack.postgres import SYSTEM_USER, PostgresServer
-from tradestore.stack.process import require_free_ports, running_as_root, system_user_ids
+from tradestore.stack.postgres import (
+    START_TIMEOUT_S,
+    PostgresServer,
+    claim_home_dir,
+    clusters_home,
+    path_key,
+    postmaster_pid,
+    require_promoted,
+    start_cluster,
+    stop_cluster,
+    write_server_config,
+)
+from tradestore.stack.process import (
+    private_dir,
+    require_free_ports,
+    running_as_root,
+    wait_until_ready,
+)
 
 BackupType = Literal["full", "diff", "incr"]
 BACKUP_TYPES: tuple[BackupType, ...] = ("full", "diff", "incr")
 UNREACHABLE = (OSError, TimeoutError, asyncpg.PostgresError)
+RESTORED_PREFIX = "restore-"
+"""Restored clusters' directories under ``clusters_home()``, apart from the stacks' own."""
+RESTORED_MARKER = "restored-into"
+"""The file in such a directory naming the directory the restore was asked into."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,53 +221,70 @@ async def archive_now(settings: Settings) -> None:
     await backrest(settings).run("check")
 
 
-class RestoredCluster(PostgresServer):
-    """A cluster restored from the repository: a stack cluster but for what makes it a copy.
+def restored_cluster_root(into: Path) -> Path:
+    """Where a cluster restored into ``into`` lives: ``into`` itself, or as root
+    ``~postgres/tradestore/restore-<key>`` (``into/data`` then links to its data)."""
+    home = clusters_home() if running_as_root() else None
+    return into if home is None else home / f"{RESTORED_PREFIX}{path_key(into)}"
 
-    It listens on its own port, never archives (its WAL would fork the live stanza's history),
-    never touches roles or grants (it is there to be inspected as it was), and counts as ready
-    once recovery has promoted it.
+
+class RestoredCluster:
+    """A cluster restored from the repository, on its own port, there to be inspected as it was.
+
+    It never archives (its WAL would fork the live stanza's history), never touches roles or
+    grants, and counts as started once recovery has promoted it.
     """
 
-    def __init__(self, settings: Settings, root: Path, port: int) -> None:
-        super().__init__(settings)  # self.backrest stays the live stanza's
-        self.config = settings.postgres.model_copy(update={"port": port})
-        self.root = root
-        self.data_dir = root / "data"
-        self.log_file = root / "postgres.log"
+    name = "restored postgresql"
 
-    def _archive_config(self) -> str:
-        return "archive_mode = off\n"
+    def __init__(self, settings: Settings, into: Path, port: int) -> None:
+        self.config = settings.with_changes(postgres={"port": port}).postgres
+        self.into = into
+        self.root = restored_cluster_root(into)
+        self.data_dir = self.root / "data"
+        """The real path, as commands run as the cluster's owner need it."""
+        self.log_file = self.root / "postgres.log"
 
-    async def _archiving_off(self) -> bool:
-        return False
+    def running_pid(self) -> int | None:
+        return postmaster_pid(self.data_dir)
 
-    async def _after_ready(self) -> None:
-        return None
+    def place(self) -> None:
+        """Make ``into`` (and, as root, the cluster's own directory and the link to its data)."""
+        private_dir(self.into)
+        if self.root != self.into:
+            claim_home_dir(self.root, marker=RESTORED_MARKER, serves=self.into)
+            (self.into / "data").symlink_to(self.data_dir, target_is_directory=True)
 
-    async def _ensure_roles_and_database(self) -> None:
-        await _promoted(self)
+    async def start(self) -> None:
+        """Start on the restored files; return once recovery has promoted the cluster."""
+        write_server_config(self.data_dir, self.config, "archive_mode = off\n")
+        await start_cluster(self.data_dir, self.log_file, server=self.name)
+        await wait_until_ready(
+            self.name,
+            self._promoted,
+            timeout_s=START_TIMEOUT_S,
+            log_file=self.log_file,
+            still_running=lambda: self.running_pid() is not None,
+        )
+
+    async def _promoted(self) -> None:
+        connection = await asyncpg.connect(**self.config.connect_arguments("superuser", "postgres"))
+        try:
+            await require_promoted(connection)
+        finally:
+            await connection.close()
+
+    async def down(self) -> bool:
+        """Stop it (fast shutdown); its files stay for a later look. False if not running."""
+        return await stop_cluster(self.data_dir)
 
 
-class _RestoredLiveCluster(PostgresServer):
-    """The live cluster after an in-place restore: roles are ensured only once it promoted.
-
-    During recovery an ALTER ROLE fails, and PostgreSQL would log the statement, password and all.
-    """
-
-    async def _ensure_roles_and_database(self) -> None:
-        await _promoted(self)
-        await super()._ensure_roles_and_database()
-
-
-async def _promoted(server: PostgresServer) -> None:
-    """Raise until recovery has promoted the cluster (``wait_until_ready`` retries)."""
-    conn = await server._connect("superuser", database="postgres")
-    try:
-        if await conn.fetchval("SELECT pg_is_in_recovery()"):
-            raise StackError(server.name, "still recovering", server.log_file)
-    finally:
-        await conn.close()
+async def discard_restored_cluster(into: Path) -> None:
+    """Stop the cluster restored into ``into`` if it runs; delete its files wherever they live."""
+    root = restored_cluster_root(into)
+    await stop_cluster(root / "data")
+    shutil.rmtree(root, ignore_errors=True)
+    shutil.rmtree(into, ignore_errors=True)
 
 
 def _target_options(target: datetime | None) -> list[str]:
@@ -274,10 +317,13 @@ async def _check_target(settings: Settings, target: datetime | None) -> None:
 def _check_into(settings: Settings, into: Path) -> Path:
     into = empty_directory("restore", "into", into)
     live = PostgresServer(settings).root.resolve()
+    problem = None
     if live == into.resolve() or live in into.resolve().parents:
-        raise InvalidInputError(
-            "restore", [FieldProblem("into", f"is inside the live cluster's directory {live}")]
-        )
+        problem = f"is inside the live cluster's directory {live}"
+    elif (root := restored_cluster_root(into)) != into and root.exists():
+        problem = f"was restored into before, and {root} still holds that cluster: remove it"
+    if problem:
+        raise InvalidInputError("restore", [FieldProblem("into", problem)])
     return into
 
 
@@ -287,7 +333,8 @@ async def restore_cluster(
     """Restore into a new cluster under ``into``, started on ``port``; the live one is untouched.
 
     ``target`` None restores to the end of the archive. The cluster is left running for
-    inspection: stop it with ``RestoredCluster.down()``.
+    inspection: stop it with ``RestoredCluster.down()``; ``discard_restored_cluster(into)`` also
+    deletes its files.
     """
     await _check_target(settings, target)
     into = _check_into(settings, into)
@@ -296,24 +343,21 @@ async def restore_cluster(
     watch = Stopwatch()
     if PostgresServer(settings).running_pid() is not None:
         await archive_now(settings)
-    into.mkdir(parents=True, exist_ok=True)
-    into.chmod(0o700)
-    if running_as_root():  # pgBackRest restores as the cluster's owner
-        os.chown(into, *system_user_ids(SYSTEM_USER))
+    cluster.place()
     files = Stopwatch()
-    await cluster.backrest.run(
+    await backrest(settings).run(
         "restore", f"--pg1-path={cluster.data_dir}", "--archive-mode=off", *_target_options(target)
     )
     restore_s = files.elapsed()
     recovery = Stopwatch()
     try:
-        await cluster.up()
+        await cluster.start()
     except BaseException:
         await cluster.down()  # a recovery that failed or timed out leaves no server behind
         raise
     return cluster, RestoreResult(
         target=target,
-        data_dir=cluster.data_dir,
+        data_dir=into / "data",
         port=port,
         restore_s=restore_s,
         recovery_s=recovery.elapsed(),
@@ -325,18 +369,20 @@ async def replace_live_cluster(settings: Settings, *, target: datetime | None) -
     """Stop the live cluster and restore it in place to ``target``: everything after it is lost.
 
     Only for an operator who asked for it by name; ``restore_cluster`` is the safe default.
+    The stack's lock is held throughout, so no ``stack up`` starts the cluster mid-restore.
     """
     await _check_target(settings, target)
     watch = Stopwatch()
-    server = _RestoredLiveCluster(settings)
-    if server.running_pid() is not None:
-        await archive_now(settings)
-    await server.down()
-    files = Stopwatch()
-    await server.backrest.run("restore", "--delta", *_target_options(target))
-    restore_s = files.elapsed()
-    recovery = Stopwatch()
-    await server.up()
+    server = PostgresServer(settings)
+    async with stack_lock(settings.data_dir):
+        if server.running_pid() is not None:
+            await archive_now(settings)
+        await server.down()
+        files = Stopwatch()
+        await server.backrest.run("restore", "--delta", *_target_options(target))
+        restore_s = files.elapsed()
+        recovery = Stopwatch()
+        await server.up()  # ready only once recovery promoted it
     return RestoreResult(
         target=target,
         data_dir=server.data_dir,

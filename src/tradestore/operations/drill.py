@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -23,6 +22,7 @@ import asyncpg
 from tradestore.errors import CheckFailedError, StackError
 from tradestore.operations.backup import (
     RestoredCluster,
+    discard_restored_cluster,
     list_backups,
     restore_cluster,
     run_backup,
@@ -31,7 +31,7 @@ from tradestore.operations.backup import (
 from tradestore.operations.result import JobResult, Stopwatch
 from tradestore.settings import Settings
 from tradestore.stack.postgres import PostgresServer, pg_bin
-from tradestore.stack.process import run_command
+from tradestore.stack.process import private_dir, run_command
 
 DRILL_DATABASE = "tradestore_drill"
 MARKS = 20
@@ -208,15 +208,12 @@ async def restore_drill(
     expected = await _mark_then_change(settings, run)
     target = expected.target
     changed = {i: "changed" for i in expected.marks if i % 2}
-    into = (workdir or settings.data_dir / "drill") / f"restore-{run.hex[:12]}"
-    cluster: RestoredCluster | None = None
+    into = (workdir or private_dir(settings.data_dir / "drill")) / f"restore-{run.hex[:12]}"
     try:
         cluster, restored = await restore_cluster(settings, target=target, into=into, port=port)
         checks, problems, amcheck = await _check_restored(settings, cluster, expected)
     finally:
-        if cluster is not None:
-            await cluster.down()
-        shutil.rmtree(into, ignore_errors=True)
+        await discard_restored_cluster(into)
     live_pid, live_identity, live_marks = await _live_state(settings, run)
     live_untouched = (live_pid, live_identity) == live_before[:2] and live_marks == changed
     if live_untouched:

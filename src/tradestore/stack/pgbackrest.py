@@ -2,9 +2,11 @@
 
 The cluster archives every WAL segment into the repository (``archive_command`` runs
 ``archive-push``), so a full backup plus the archive restores any moment since that backup.
-pgBackRest runs as the cluster's owner. The cluster has no Unix socket, so pgBackRest's libpq
-reaches it over loopback TCP: ``PGHOST`` and the superuser's password travel in the command's
-environment only, never on a command line or in a file.
+pgBackRest runs as the cluster's owner, with the stack's 077 umask (not its own neutral one), so
+its repository, logs and locks are private like every other file of the stack. The cluster has
+no Unix socket, so pgBackRest's libpq reaches it over loopback TCP: ``PGHOST`` and the
+superuser's password travel in the command's environment only, never on a command line or in a
+file.
 """
 
 from __future__ import annotations
@@ -96,6 +98,9 @@ class PgBackRest:
             f"log-path={self.root / 'log'}\n"
             f"lock-path={self.root / 'lock'}\n"
             f"spool-path={self.root / 'spool'}\n"
+            # pgBackRest's default umask 0000 makes its log, lock and repository files
+            # group-readable (0640/0750): keep the caller's 077, as the rest of the stack.
+            "neutral-umask=n\n"
             "log-level-console=warn\n"
             "log-level-file=info\n"
             "start-fast=y\n"

@@ -13,7 +13,8 @@ older version made inside the data directory is moved there by the next ``up`` (
 Without root, nothing moves: the cluster is ``<data dir>/postgres`` and the server runs as the
 caller. Every finished WAL segment is
 archived into the stack's pgBackRest repository (see ``pgbackrest.py``), so backups restore to
-any moment.
+any moment. A cluster restored from it (``tradestore.operations.backup``) is placed the same way,
+beside the stack's, and started and stopped with the helpers below, never as the stack's server.
 
 Clients reach it over the Unix socket in ``<cluster>/run`` (0700, the server user's; PostgreSQL
 makes the socket 0700 too): no other user can reach or replace it, and a process squatting on
@@ -41,6 +42,7 @@ from tradestore.stack.base import median_round_trip_ms
 from tradestore.stack.lock import stack_lock
 from tradestore.stack.pgbackrest import PgBackRest
 from tradestore.stack.process import (
+    NotReadyError,
     chown_tree,
     make_private,
     private_dir,
@@ -89,12 +91,26 @@ def pg_bin(program: str) -> str:
     return candidates[-1]
 
 
-def _postmaster(cluster: Path) -> int | None:
+def postmaster_pid(cluster: Path) -> int | None:
     """The pid of the postmaster serving this cluster directory, or None."""
     pid = read_pid(cluster / "postmaster.pid")
     if pid is None or process_cwd(pid) != cluster.resolve():
         return None
     return pid
+
+
+def clusters_home() -> Path | None:
+    """``~postgres/tradestore``, where the clusters of stacks run as root live; None without
+    that user."""
+    try:
+        return Path(pwd.getpwnam(SYSTEM_USER).pw_dir) / CLUSTERS_DIR
+    except KeyError:
+        return None
+
+
+def path_key(path: Path) -> str:
+    """A cluster's directory name under ``clusters_home()``: a hash of the path it serves."""
+    return hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]
 
 
 def cluster_root(data_dir: Path) -> Path:
@@ -104,14 +120,102 @@ def cluster_root(data_dir: Path) -> Path:
         return in_data_dir
     if in_data_dir.is_symlink():
         return in_data_dir.resolve()
-    if in_data_dir.is_dir() and _postmaster(in_data_dir / "data") is not None:
+    if in_data_dir.is_dir() and postmaster_pid(in_data_dir / "data") is not None:
         return in_data_dir  # an older version's cluster, still running: moved once stopped
-    try:
-        home = Path(pwd.getpwnam(SYSTEM_USER).pw_dir)
-    except KeyError:
+    home = clusters_home()
+    if home is None:
         return in_data_dir  # ``up`` names the missing user
-    key = hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:16]
-    return home / CLUSTERS_DIR / key
+    return home / path_key(data_dir)
+
+
+def as_cluster_owner(argv: list[str]) -> list[str]:
+    """argv run as the clusters' owner: the postgres user when running as root."""
+    if running_as_root():
+        return ["runuser", "-u", SYSTEM_USER, "--", *argv]
+    return argv
+
+
+def claim_home_dir(root: Path, *, marker: str, serves: Path) -> None:
+    """As root: make ``root`` under ``clusters_home()`` (0700, the postgres user's) and leave a
+    file in it naming what it serves, so an operator can tell the directories apart."""
+    private_dir(root.parent)
+    os.chown(root.parent, *system_user_ids(SYSTEM_USER))
+    private_dir(root)
+    write_private(root / marker, f"{serves}\n")
+    os.chown(root, *system_user_ids(SYSTEM_USER))
+
+
+def server_config(config: PostgresSettings, *, socket_dir: Path | None, wal: str) -> str:
+    """A cluster's ``tradestore.conf``: loopback TCP on the configured port, the Unix socket in
+    ``socket_dir`` (0700) or none; ``wal`` says what to do with the WAL."""
+    sockets = (
+        f"unix_socket_directories = '{socket_dir}'\nunix_socket_permissions = 0700\n"
+        if socket_dir is not None
+        else "unix_socket_directories = ''\n"
+    )
+    return (
+        "# Written by tradestore on every start; edit the settings, not this file.\n"
+        f"listen_addresses = '{config.host}'\n"
+        f"port = {config.port}\n"
+        f"{sockets}"
+        "max_connections = 200\n"
+        "shared_buffers = '256MB'\n"
+        "password_encryption = 'scram-sha-256'\n"
+        "wal_level = replica\n"
+        "log_line_prefix = '%m [%p] %q%u@%d '\n"
+        "timezone = 'UTC'\n"
+        "shared_preload_libraries = 'pg_stat_statements'\n" + wal
+    )
+
+
+def write_server_config(data_dir: Path, config: PostgresSettings, wal: str) -> None:
+    """``server_config`` without a Unix socket, for a cluster that is not the stack's own (a
+    restored copy, inspected over TCP on its own port)."""
+    path = data_dir / CONFIG_INCLUDE
+    write_private(path, server_config(config, socket_dir=None, wal=wal))
+    if running_as_root():
+        os.chown(path, *system_user_ids(SYSTEM_USER))
+
+
+async def start_cluster(data_dir: Path, log_file: Path, *, server: str = NAME) -> None:
+    """``pg_ctl start`` as the cluster's owner; returns once the postmaster accepts connections
+    (a cluster in recovery may not be promoted yet: see ``require_promoted``)."""
+    await run_command(
+        server,
+        as_cluster_owner(
+            [
+                pg_bin("pg_ctl"),
+                "start",
+                "--wait",
+                f"--timeout={START_TIMEOUT_S:.0f}",
+                "--pgdata",
+                str(data_dir),
+                "--log",
+                str(log_file),
+            ]
+        ),
+        log_file,
+        timeout_s=START_TIMEOUT_S + 10,
+    )
+
+
+async def stop_cluster(data_dir: Path) -> bool:
+    """A fast shutdown (SIGINT, as ``pg_ctl stop -m fast`` sends), by pid; False if not running.
+
+    By signal rather than through pg_ctl, which would need the path: a cluster an older
+    version left running inside the data directory is out of the postgres user's reach now.
+    """
+    pid = postmaster_pid(data_dir)
+    if pid is None:
+        return False
+    await terminate(pid, timeout_s=STOP_TIMEOUT_S, first_signal=signal.SIGINT)
+    return True
+
+
+async def require_promoted(connection: asyncpg.Connection) -> None:
+    """Raise NotReadyError while the cluster replays WAL (``wait_until_ready`` retries it)."""
+    if await connection.fetchval("SELECT pg_is_in_recovery()"):
+        raise NotReadyError("still recovering")
 
 
 class PostgresServer:
@@ -132,7 +236,7 @@ class PostgresServer:
             pg_data=self.data_dir,
             root=self.root / "pgbackrest",
             log_file=self.log_file,
-            as_owner=self._as_cluster_owner,
+            as_owner=as_cluster_owner,
             owner=SYSTEM_USER,
         )
         owner = SYSTEM_USER if running_as_root() else current_user()
@@ -144,13 +248,8 @@ class PostgresServer:
     def address(self) -> str:
         return f"{self.socket}, {self.config.host}:{self.config.port}"
 
-    def _as_cluster_owner(self, argv: list[str]) -> list[str]:
-        if running_as_root():
-            return ["runuser", "-u", SYSTEM_USER, "--", *argv]
-        return argv
-
     def running_pid(self) -> int | None:
-        return _postmaster(self.data_dir)
+        return postmaster_pid(self.data_dir)
 
     def _place_cluster(self) -> None:
         """As root: the cluster's directory under ~postgres, and the data directory's link to it.
@@ -160,7 +259,6 @@ class PostgresServer:
         if self.root == self.link:
             private_dir(self.root)
             return
-        private_dir(self.root.parent)
         if self.link.is_dir() and not self.link.is_symlink():
             if self.root.exists():
                 raise StackError(
@@ -168,12 +266,11 @@ class PostgresServer:
                     f"both {self.link} and {self.root} hold a cluster; keep one",
                     self.log_file,
                 )
+            private_dir(self.root.parent)
             shutil.move(self.link, self.root)
-        private_dir(self.root)
+        claim_home_dir(self.root, marker="data-dir", serves=self.stack_dir)
         if not self.link.is_symlink():
             self.link.symlink_to(self.root, target_is_directory=True)
-        write_private(self.root / "data-dir", f"{self.stack_dir}\n")
-        os.chown(self.root.parent, *system_user_ids(SYSTEM_USER))
 
     async def _initdb(self) -> None:
         password_file = self.root / "superuser.pw"
@@ -183,7 +280,7 @@ class PostgresServer:
         try:
             await run_command(
                 NAME,
-                self._as_cluster_owner(
+                as_cluster_owner(
                     [
                         pg_bin("initdb"),
                         "--pgdata",
@@ -210,19 +307,8 @@ class PostgresServer:
     def _server_config(self) -> dict[Path, str]:
         """The files ``up`` writes into the cluster, and what each must hold now."""
         return {
-            self.data_dir / CONFIG_INCLUDE: (
-                "# Written by tradestore on every `stack up`; edit the settings, not this file.\n"
-                f"listen_addresses = '{self.config.host}'\n"
-                f"port = {self.config.port}\n"
-                f"unix_socket_directories = '{self.run_dir}'\n"
-                "unix_socket_permissions = 0700\n"
-                "max_connections = 200\n"
-                "shared_buffers = '256MB'\n"
-                "password_encryption = 'scram-sha-256'\n"
-                "wal_level = replica\n"
-                "log_line_prefix = '%m [%p] %q%u@%d '\n"
-                "timezone = 'UTC'\n"
-                "shared_preload_libraries = 'pg_stat_statements'\n" + self._archive_config()
+            self.data_dir / CONFIG_INCLUDE: server_config(
+                self.config, socket_dir=self.run_dir, wal=self._archive_config()
             ),
             self.data_dir / HBA_FILE: HBA,
         }
@@ -255,9 +341,14 @@ class PostgresServer:
         return await asyncpg.connect(**self.config.connect_arguments(role, database))
 
     async def _ensure_roles_and_database(self) -> None:
-        """Owner role (migrates, owns the schema) and app role (data only), then the database."""
+        """Owner role (migrates, owns the schema) and app role (data only), then the database.
+
+        Only once the cluster is promoted: after an in-place restore it first replays WAL, and
+        an ALTER ROLE then fails, with PostgreSQL logging the statement, password and all.
+        """
         admin = await self._connect("superuser", database="postgres")
         try:
+            await require_promoted(admin)
             roles: tuple[Role, ...] = ("owner", "app")
             for role in roles:
                 user, password = self.config.credentials(role)
@@ -329,10 +420,6 @@ class PostgresServer:
         finally:
             await admin.close()
 
-    async def _after_ready(self) -> None:
-        """The stanza must exist before the first segment is archived, or WAL piles up."""
-        await self.backrest.ensure_stanza()
-
     async def up(self) -> None:
         """Start if stopped; restart a server running with an out-of-date configuration."""
         async with stack_lock(self.stack_dir):
@@ -340,7 +427,7 @@ class PostgresServer:
             if pid is not None and (not self._configured() or await self._archiving_off()):
                 # Settings that take a restart (sockets, archiving, preloaded libraries): once,
                 # for a server an older version started.
-                await self._stop(pid)
+                await stop_cluster(self.data_dir)
                 pid = None
             if pid is None:
                 await self._start()
@@ -352,7 +439,8 @@ class PostgresServer:
                 still_running=lambda: self.running_pid() is not None,
             )
             await self._answers_as_app()
-            await self._after_ready()
+            # The stanza must exist before the first segment is archived, or WAL piles up.
+            await self.backrest.ensure_stanza()
 
     async def _start(self) -> None:
         require_free_ports(NAME, self.config.host, [self.config.port], self.log_file)
@@ -366,40 +454,11 @@ class PostgresServer:
                 )
             await self._initdb()
         self._write_server_config()
-        await run_command(
-            NAME,
-            self._as_cluster_owner(
-                [
-                    pg_bin("pg_ctl"),
-                    "start",
-                    "--wait",
-                    f"--timeout={START_TIMEOUT_S:.0f}",
-                    "--pgdata",
-                    str(self.data_dir),
-                    "--log",
-                    str(self.log_file),
-                ]
-            ),
-            self.log_file,
-            timeout_s=START_TIMEOUT_S + 10,
-        )
+        await start_cluster(self.data_dir, self.log_file)
 
     async def down(self) -> bool:
         async with stack_lock(self.stack_dir):
-            pid = self.running_pid()
-            if pid is None:
-                return False
-            await self._stop(pid)
-            return True
-
-    @staticmethod
-    async def _stop(pid: int) -> None:
-        """A fast shutdown (SIGINT, as ``pg_ctl stop -m fast`` sends), by pid.
-
-        By signal rather than through pg_ctl, which would need the path: a cluster an older
-        version left running inside the data directory is out of the postgres user's reach now.
-        """
-        await terminate(pid, timeout_s=STOP_TIMEOUT_S, first_signal=signal.SIGINT)
+            return await stop_cluster(self.data_dir)
 
     async def measure(self) -> tuple[str, float]:
         connection = await self._connect("app")

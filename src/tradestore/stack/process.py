@@ -32,6 +32,11 @@ PRIVATE_UMASK = 0o077
 _WILDCARDS = frozenset({"0.0.0.0", "::"})  # noqa: S104 - compared with, never bound
 
 
+class NotReadyError(Exception):
+    """A readiness probe's "not yet" (a cluster still replaying WAL): ``wait_until_ready``
+    retries it, where a StackError means the start failed. Never reaches a caller."""
+
+
 def port_is_free(host: str, port: int) -> bool:
     """True when nothing listens on host:port (a bind attempt, so no false 'free')."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
@@ -247,7 +252,11 @@ async def wait_until_ready(
     log_file: Path,
     still_running: Callable[[], bool],
 ) -> T:
-    """Retry a real query until it answers; fail at once if the process died."""
+    """Retry a real query until it answers; fail at once if the process died.
+
+    A probe's StackError fails at once too; any other error (NotReadyError when the server
+    answers but is not ready yet) is retried until timeout_s.
+    """
 
     async def attempt() -> T:
         if not still_running():
