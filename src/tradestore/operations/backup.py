@@ -32,7 +32,7 @@ from tradestore.errors import (
 )
 from tradestore.operations.checks import empty_directory
 from tradestore.operations.result import JobResult, Stopwatch
-from tradestore.settings import Settings
+from tradestore.settings import PostgresSettings, Settings
 from tradestore.stack.lock import stack_lock
 from tradestore.stack.pgbackrest import PgBackRest
 from tradestore.stack.postgres import (
@@ -139,6 +139,11 @@ class RestoreResult(JobResult):
         )
 
 
+def restored_config(settings: Settings, port: int) -> PostgresSettings:
+    """How a restored copy is reached: over loopback TCP on its own port (it has no socket)."""
+    return settings.with_changes(postgres={"port": port, "socket_dir": None}).postgres
+
+
 def backrest(settings: Settings) -> PgBackRest:
     return PostgresServer(settings).backrest
 
@@ -148,18 +153,10 @@ async def superuser_connection(
     settings: Settings, *, port: int | None = None, database: str | None = None
 ) -> AsyncIterator[asyncpg.Connection]:
     """The stack's superuser on the live cluster, or on a restored one (``port``)."""
-    config = settings.postgres
-    user, password = config.credentials("superuser")
-    where = f"{config.host}:{port or config.port}"
+    config = settings.postgres if port is None else restored_config(settings, port)
+    where = f"{config.host}:{config.port}"
     try:
-        conn = await asyncpg.connect(
-            host=config.host,
-            port=port or config.port,
-            user=user,
-            password=password,
-            database=database or config.database,
-            timeout=config.connect_timeout_s,
-        )
+        conn = await asyncpg.connect(**config.connect_arguments("superuser", database))
     except UNREACHABLE as error:
         raise StoreUnavailableError(f"PostgreSQL at {where} did not answer: {error}") from error
     try:
@@ -238,7 +235,7 @@ class RestoredCluster:
     name = "restored postgresql"
 
     def __init__(self, settings: Settings, into: Path, port: int) -> None:
-        self.config = settings.with_changes(postgres={"port": port}).postgres
+        self.config = restored_config(settings, port)
         self.into = into
         self.root = restored_cluster_root(into)
         self.data_dir = self.root / "data"
