@@ -112,3 +112,13 @@ class WriterClosedError(TradestoreError):
     """A row was offered to a writer that is closed or not started; nothing was accepted."""
 
     exit_code = 70  # EX_SOFTWARE
+
+
+class VerificationError(TradestoreError):
+    """A simulation's end-of-run check found data lost, duplicated or stale."""
+
+    exit_code = 4
+
+    def __init__(self, failed: Sequence[str]) -> None:
+        self.failed = tuple(failed)
+        super().__init__(f"verification failed: {', '.join(self.failed)}")

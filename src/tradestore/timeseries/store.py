@@ -6,6 +6,7 @@ from typing import Self
 
 from tradestore.lifecycle import Lifecycle
 from tradestore.settings import Settings
+from tradestore.timeseries.audit import TimeSeriesAudit
 from tradestore.timeseries.connection import QueryPool
 from tradestore.timeseries.queries import TimeSeriesQueries
 from tradestore.timeseries.writer import TimeSeriesWriter
@@ -25,6 +26,7 @@ class TimeSeriesStore(Lifecycle):
         self._pool = QueryPool(settings)
         self.writer = TimeSeriesWriter(settings)
         self.queries = TimeSeriesQueries(self._pool)
+        self.audit = TimeSeriesAudit(self._pool)
 
     @classmethod
     def open(cls, settings: Settings, *, lazy: bool = False) -> Self:

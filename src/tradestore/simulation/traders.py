@@ -1,0 +1,312 @@
+"""Paper and live traders: read their limits and token metadata from PostgreSQL, read prices
+from Redis (live traders through the near cache), write trades, positions and MEV events to
+QuestDB, emit trade events, and set stop-loss and take-profit rules on what they hold.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from uuid import UUID
+
+from solders.signature import Signature
+
+from tradestore.errors import TradestoreError
+from tradestore.models import (
+    Event,
+    MevEvent,
+    OrderRule,
+    Position,
+    RuleType,
+    TokenInfo,
+    Trade,
+    TradeAction,
+    TraderConfig,
+    TradingMode,
+)
+from tradestore.simulation.context import PositionKeys, WorkerContext
+from tradestore.simulation.counters import pause_after_error, timed
+from tradestore.simulation.ids import Kind, Ledger, row_id
+from tradestore.simulation.latency import record
+from tradestore.simulation.market import PRICE_PLACES, USDC, SimToken, age_ms
+from tradestore.simulation.pacing import TokenBucket, ticks
+from tradestore.simulation.plan import TraderSpec
+from tradestore.simulation.profiles import StreamName
+from tradestore.simulation.rules import RuleBook
+
+TICK_S = 0.05
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+CONFIG_REFRESH_S = 2.0
+TOKEN_REFRESH_S = 1.0
+FEE_RATE = Decimal("0.0025")
+
+
+def money(value: float) -> Decimal:
+    """A positive float as an exact amount to nine places (a lamport)."""
+    return max(Decimal(value).quantize(PRICE_PLACES), PRICE_PLACES)
+
+
+class Trader:
+    def __init__(self, context: WorkerContext, spec: TraderSpec, book: RuleBook) -> None:
+        self.context = context
+        self.spec = spec
+        self.book = book
+        self.config: TraderConfig = spec.config
+        plan = context.plan
+        self.rng = context.rng("trader", spec.index)
+        self.watch: list[SimToken] = [plan.tokens[index] for index in spec.watchlist]
+        self.info: dict[str, TokenInfo] = {}
+        self.held = {token.index: self.rng.uniform(10, 1_000) for token in self.watch}
+        self.cost: dict[int, float] = {}
+        self.last_price: dict[int, Decimal] = {}
+        self.last_us: dict[int, int] = {}
+        share = plan.profile.traders
+        profile = plan.profile
+        self.trades = TokenBucket(profile.trades_per_s / share)
+        self.positions = TokenBucket(profile.positions_per_s / share)
+        self.rules = TokenBucket(profile.rules_per_s / share)
+        self.events = TokenBucket(profile.events_per_s / share)
+        acked = context.acked
+        self.trade_ledger = acked.trades.setdefault(spec.index, Ledger())
+        self.mev_ledger = acked.mev_events.setdefault(spec.index, Ledger())
+        self.position_keys = acked.positions.setdefault(spec.index, PositionKeys())
+        self.source = f"trader-{spec.index}"
+        self.stream = context.db.cache.streams.trade_events
+        self.event_ledger = acked.event_ledger(self.stream.name, self.source)
+        self._next_config = self._next_token = 0.0
+        self._token_cursor = 0
+
+    @property
+    def live(self) -> bool:
+        return self.config.mode is TradingMode.LIVE
+
+    async def prepare(self) -> None:
+        """Read this trader's limits and its tokens' metadata, as a trader does at start."""
+        relational = self.context.db.relational
+        config = await timed("postgres", "traders.get", relational.traders.get(self.config.id))
+        if config is not None:
+            self.config = config
+        for token in self.watch:
+            info = await timed("postgres", "tokens.get", relational.tokens.get(token.mint))
+            self.info[token.mint] = info or token.info
+
+    async def run(self) -> None:
+        while self.context.running():
+            await ticks(TICK_S, self.context.deadline)
+            try:
+                await self.tick()
+            except TradestoreError as error:
+                self.context.counters.failed(error)
+                await pause_after_error()
+
+    async def tick(self) -> None:
+        await self.refresh()
+        trades = self.trades.take()
+        if trades:
+            await self.trade(trades)
+        positions = self.positions.take()
+        if positions:
+            await self.report_positions(positions)
+        for _ in range(self.rules.take()):
+            await self.set_rule()
+        events = self.events.take()
+        if events:
+            await self.emit(events)
+
+    async def refresh(self) -> None:
+        """Re-read the limits now and then, and one token's metadata (a fee may have changed)."""
+        now = time.monotonic()
+        relational = self.context.db.relational
+        if now >= self._next_config:
+            self._next_config = now + CONFIG_REFRESH_S
+            config = await timed("postgres", "traders.get", relational.traders.get(self.config.id))
+            if config is not None:
+                self.config = config
+        if now >= self._next_token:
+            self._next_token = now + TOKEN_REFRESH_S
+            token = self.watch[self._token_cursor % len(self.watch)]
+            self._token_cursor += 1
+            info = await timed("postgres", "tokens.get", relational.tokens.get(token.mint))
+            if info is not None:
+                self.info[token.mint] = info
+
+    async def read_prices(self, tokens: Sequence[SimToken]) -> dict[int, Decimal]:
+        """Prices of these tokens, each checked for its age; misses are left out."""
+        cache = self.context.db.cache
+        found: dict[int, Decimal | None] = {}
+        if self.live:
+            for token in tokens:
+                started = time.perf_counter()
+                found[token.index] = await cache.near.get_price(token.mint)
+                record("redis", "near.get_price", time.perf_counter() - started)
+        else:
+            read = await timed(
+                "redis", "prices.get_prices", cache.prices.get_prices([t.mint for t in tokens])
+            )
+            found = {token.index: read[token.mint] for token in tokens}
+        read_ms = time.time_ns() // 1_000_000
+        counters = self.context.counters
+        ttl_ms = self.context.plan.settings.redis.price_ttl_ms
+        prices: dict[int, Decimal] = {}
+        for index, price in found.items():
+            counters.price_reads += 1
+            if price is None:
+                counters.price_misses += 1
+                continue
+            age = age_ms(price, read_ms)
+            counters.oldest_price_ms = max(counters.oldest_price_ms, age)
+            if age > ttl_ms + counters.slowest_price_write_ms + 1:
+                counters.stale_prices += 1
+            prices[index] = price
+        self.last_price.update(prices)
+        return prices
+
+    async def trade(self, count: int) -> None:
+        rng = self.rng
+        picks = [rng.choice(self.watch) for _ in range(count)]
+        prices = await self.read_prices(list({token.index: token for token in picks}.values()))
+        priced = [(token, prices[token.index]) for token in picks if token.index in prices]
+        if not priced:
+            return
+        now = datetime.now(UTC)
+        plan, index = self.context.plan, self.spec.index
+        ledger = self.trade_ledger
+        first = ledger.reserve(len(priced))
+        trades = [
+            self._decide(row_id(plan.run_tag, Kind.TRADE, index, first + n), now, token, price)
+            for n, (token, price) in enumerate(priced)
+        ]
+        await self.context.write(
+            trades, "trades", lambda: ledger.ack(first, len(trades)), StreamName.TRADES
+        )
+        if self.config.mev_protection_enabled:
+            threatened = sum(rng.random() < plan.profile.mev_fraction for _ in trades)
+            if threatened:
+                await self.report_mev(now, threatened)
+
+    async def report_mev(self, now: datetime, count: int) -> None:
+        ledger = self.mev_ledger
+        first = ledger.reserve(count)
+        run_tag, index = self.context.plan.run_tag, self.spec.index
+        events = [
+            self._mev(row_id(run_tag, Kind.MEV_EVENT, index, first + n), now) for n in range(count)
+        ]
+        await self.context.write(events, "mev_events", lambda: ledger.ack(first, count))
+
+    def _decide(self, trade_id: UUID, now: datetime, token: SimToken, price: Decimal) -> Trade:
+        rng, config = self.rng, self.config
+        held = self.held.get(token.index, 0.0)
+        notional = rng.uniform(0.001, 0.02) * float(config.max_position_size)
+        amount = notional / float(price)
+        selling = held > amount and rng.random() < 0.5
+        self.held[token.index] = held - amount if selling else held + amount
+        if not selling:
+            self.cost[token.index] = self.cost.get(token.index, 0.0) + notional
+        fee_bps = self.info.get(token.mint, token.info).transfer_fee_bps or 0
+        value = Decimal(notional).quantize(PRICE_PLACES)
+        live = self.live
+        return Trade(
+            id=trade_id,
+            timestamp=now,
+            trader_id=config.id,
+            mode=config.mode,
+            action=TradeAction.SELL if selling else TradeAction.BUY,
+            base_token=token.mint,
+            quote_token=USDC,
+            amount=money(amount),
+            price=price,
+            slippage=rng.uniform(-0.2, 1.0) * config.max_slippage_bps / 10_000,
+            fee=(value * FEE_RATE).quantize(PRICE_PLACES),
+            priority_fee=rng.randint(5_000, 200_000) if config.mev_protection_enabled else 0,
+            transfer_fee=(value * fee_bps / 10_000).quantize(PRICE_PLACES),
+            tx_signature=str(Signature(rng.randbytes(64))) if live else None,
+            latency_ms=rng.randint(40, 900) if live else rng.randint(0, 5),
+            mev_protected=config.mev_protection_enabled,
+        )
+
+    def _mev(self, event_id: UUID, now: datetime) -> MevEvent:
+        rng = self.rng
+        probability = rng.betavariate(2, 5)
+        return MevEvent(
+            id=event_id,
+            timestamp=now,
+            trader_id=self.config.id,
+            sandwich_probability=probability,
+            estimated_loss_bps=int(probability * 200),
+            avoided=rng.random() < 0.8,
+            priority_fee=rng.randint(10_000, 500_000),
+        )
+
+    async def report_positions(self, count: int) -> None:
+        now_us = time.time_ns() // 1_000
+        rows: list[Position] = []
+        keys: list[tuple[int, int]] = []
+        for offset in range(count):
+            token = self.watch[(self._token_cursor + offset) % len(self.watch)]
+            price = self.last_price.get(token.index)
+            if price is None:
+                continue
+            micros = max(now_us, self.last_us.get(token.index, 0) + 1)
+            self.last_us[token.index] = micros
+            held = Decimal(self.held.get(token.index, 0.0)).quantize(PRICE_PLACES)
+            cost = Decimal(self.cost.get(token.index, 0.0)).quantize(PRICE_PLACES)
+            rows.append(
+                Position(
+                    timestamp=EPOCH + timedelta(microseconds=micros),
+                    trader_id=self.config.id,
+                    token=token.mint,
+                    amount=held,
+                    cost_basis=cost,
+                    current_price=price,
+                    unrealized_pnl=(held * price - cost).quantize(PRICE_PLACES),
+                )
+            )
+            keys.append((micros, token.index))
+        if rows:
+            ledger = self.position_keys
+
+            def acknowledged() -> None:
+                for micros, token in keys:
+                    ledger.micros.append(micros)
+                    ledger.tokens.append(token)
+
+            await self.context.write(rows, "positions", acknowledged, StreamName.POSITIONS)
+
+    async def set_rule(self) -> None:
+        held = [index for index in self.last_price if self.held.get(index, 0.0) > 0]
+        if not held:
+            return
+        rng = self.rng
+        index = rng.choice(held)
+        price = float(self.last_price[index])
+        stop = rng.random() < 0.5
+        move = rng.uniform(0.002, 0.02)
+        rule = OrderRule(
+            trader_id=self.config.id,
+            position_token=self.context.plan.tokens[index].mint,
+            rule_type=RuleType.STOP_LOSS if stop else RuleType.TAKE_PROFIT,
+            trigger_price=money(price * (1 - move if stop else 1 + move)),
+            amount=money(self.held[index] * rng.uniform(0.1, 0.5)),
+        )
+        rules = self.context.db.relational.rules
+        created = await timed("postgres", "rules.create", rules.create(rule))
+        self.context.acked.rules_created.append(created.id)
+        self.book.add(created)
+
+    async def emit(self, count: int) -> None:
+        first = self.event_ledger.reserve(count)
+        for offset in range(count):
+            event = Event(
+                event_type="trade_summary",
+                data=self.context.event_data(
+                    self.source,
+                    first + offset,
+                    trader=str(self.config.id),
+                    trades=self.trade_ledger.issued,
+                ),
+            )
+            await timed("redis", "trade_events.publish", self.stream.publish(event))
+            self.event_ledger.ack(first + offset, 1)
+            self.context.counters.done[StreamName.EVENTS] += 1
