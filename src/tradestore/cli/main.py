@@ -11,6 +11,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from tradestore import __version__
 from tradestore.cache import apply_schema as apply_redis_schema
 from tradestore.cli import relational as relational_cli
+from tradestore.cli import simulate as simulate_cli
 from tradestore.cli import stack
 from tradestore.cli import timeseries as timeseries_cli
 from tradestore.cli.context import build_settings, settings_of
@@ -28,6 +29,7 @@ app = typer.Typer(
 app.add_typer(stack.app, name="stack")
 app.add_typer(timeseries_cli.app, name="timeseries")
 app.add_typer(relational_cli.app, name="migrate")
+app.command()(simulate_cli.simulate)
 
 SCHEMAS = (
     ("postgresql", apply_postgres_schema),

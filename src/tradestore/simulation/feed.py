@@ -33,6 +33,8 @@ class PriceFeed:
         self.rng = rng
         self.walks = {token.index: RandomWalk(token, rng) for token in self.tokens}
         self.latest: dict[str, str] = {}
+        self.slots: dict[int, int] = {}
+        """The slot each token's pool state was last written at: once per slot is enough."""
         self.source = f"feed-{context.worker}"
         self.stream = context.db.cache.streams.price_updates
         self.ledger = context.acked.event_ledger(self.stream.name, self.source)
@@ -65,7 +67,10 @@ class PriceFeed:
         prices = {token.mint: stamp(price, stamped_ms) for token, price in steps}
         await cache.prices.set_prices(prices)
         written_ms = time.time_ns() // 1_000_000
-        await cache.prices.set_pools([pool_state(t, prices[t.mint], slot) for t in tokens])
+        moved = [token for token in tokens if self.slots.get(token.index) != slot]
+        if moved:
+            await cache.prices.set_pools([pool_state(t, prices[t.mint], slot) for t in moved])
+            self.slots.update((token.index, slot) for token in moved)
         first = self.ledger.reserve(len(tokens))
         events = [
             Event(

@@ -109,9 +109,10 @@ def stamp(price: float, wall_ms: int) -> Decimal:
 
 
 def age_ms(price: Decimal, wall_ms: int) -> int:
-    """How long ago, in milliseconds, a stamped price was written."""
+    """How long before ``wall_ms`` a stamped price was written (0 if it was written after)."""
     written = int(price.scaleb(18)) % STAMP_MODULO
-    return (wall_ms - written) % STAMP_MODULO
+    age = (wall_ms - written) % STAMP_MODULO
+    return age if age < STAMP_MODULO // 2 else 0
 
 
 class RandomWalk:

@@ -12,6 +12,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from tradestore.errors import VerificationError
 from tradestore.simulation.latency import Key, LatencySummary
 from tradestore.simulation.profiles import StreamName
 from tradestore.simulation.verify import Check
@@ -72,6 +73,8 @@ class SimulationReport:
     errors: dict[str, int]
     stream_entries: dict[str, dict[str, int]]
     """Per stream: entries published (acknowledged), read by this run's UI, and foreign ones."""
+    pubsub_messages: int
+    """Coalesced 10 Hz price snapshots the UI's subscriber received."""
     checks: list[Check] = field(default_factory=list)
 
     @property
@@ -81,6 +84,11 @@ class SimulationReport:
     @property
     def failed(self) -> list[str]:
         return [check.name for check in self.checks if not check.ok]
+
+    def check(self) -> None:
+        """Raise VerificationError naming the failed checks, if any failed."""
+        if not self.ok:
+            raise VerificationError(self.failed)
 
     def as_dict(self) -> dict[str, Any]:
         document = asdict(self)
@@ -165,7 +173,8 @@ def render(report: SimulationReport) -> RenderableType:
         f" {report.workers} worker process(es), load for {report.load_s:.1f} s;"
         f" writer: {writer.get('rows_written', 0):,} rows written,"
         f" {writer.get('retries', 0)} retries, peak {writer.get('peak_pending_bytes', 0):,} bytes"
-        f" pending; errors: {dict(report.errors) or 'none'}"
+        f" pending; {report.pubsub_messages:,} pub/sub snapshots received;"
+        f" errors: {dict(report.errors) or 'none'}"
     )
     verdict = (
         Text.from_markup("[bold green]verified: nothing lost, nothing duplicated[/]")

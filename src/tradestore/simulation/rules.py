@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 from tradestore.errors import TradestoreError
-from tradestore.models import Event, OrderRule, RuleType, Trade, TradeAction
+from tradestore.models import Event, OrderRule, RuleType, Trade, TradeAction, TradingMode
 from tradestore.simulation.context import WorkerContext
 from tradestore.simulation.counters import pause_after_error, timed
 from tradestore.simulation.latency import record
@@ -60,6 +60,12 @@ async def execute_triggered(context: WorkerContext, token: str, price: Decimal) 
         return
     acked.rules_claimed.extend((rule.id, rule.trader_id) for rule in claimed)
     modes = {trader.config.id: trader.config.mode for trader in context.plan.traders}
+    for rule in claimed:
+        if rule.trader_id not in modes:  # a rule an earlier run left open
+            config = await timed(
+                "postgres", "traders.get", db.relational.traders.get(rule.trader_id)
+            )
+            modes[rule.trader_id] = config.mode if config is not None else TradingMode.PAPER
     now = datetime.now(UTC)
     trades = [
         Trade(

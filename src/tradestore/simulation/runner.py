@@ -14,10 +14,13 @@ import queue
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from multiprocessing.process import BaseProcess
 from multiprocessing.queues import Queue
+from multiprocessing.synchronize import Event as ProcessEvent
+from typing import Any
 
 import tradestore
 from tradestore.client import TradeStore
@@ -29,7 +32,7 @@ from tradestore.simulation.latency import LatencyRecorder
 from tradestore.simulation.market import QUOTES
 from tradestore.simulation.plan import RunPlan, make_plan
 from tradestore.simulation.profiles import Profile, StreamName
-from tradestore.simulation.report import SimulationReport, stream_results
+from tradestore.simulation.report import SimulationReport, StreamResult, stream_results
 from tradestore.simulation.tui import TuiConsumer
 from tradestore.simulation.verify import Check, verify
 from tradestore.simulation.worker import Message, WorkerResult, worker_main
@@ -151,7 +154,7 @@ class Simulation:
             outbox.close()
 
     async def _collect(
-        self, outbox: Queue[Message], processes: Sequence[BaseProcess], go: object
+        self, outbox: Queue[Message], processes: Sequence[BaseProcess], go: ProcessEvent
     ) -> None:
         ready: set[int] = set()
         results: dict[int, WorkerResult] = {}
@@ -169,7 +172,7 @@ class Simulation:
                 if kind == "ready":
                     ready.add(worker)
                     if len(ready) == self.workers:
-                        go.set()  # type: ignore[attr-defined]
+                        go.set()
                         self.started_at = datetime.now(UTC)
                         if self.view is not None:
                             self.view.start()
@@ -228,7 +231,6 @@ class Simulation:
             }
             for stream in set(published) | set(tui.read)
         }
-        entries["pub/sub"] = {"published": 0, "read": tui.pubsub_messages, "foreign": 0}
         return SimulationReport(
             run_id=self.plan.run_id,
             profile=self.profile.name,
@@ -241,6 +243,7 @@ class Simulation:
             writer=dict(writer),
             errors=dict(errors),
             stream_entries=entries,
+            pubsub_messages=tui.pubsub_messages,
             checks=checks,
         )
 
@@ -251,3 +254,75 @@ def _join(processes: Sequence[BaseProcess]) -> None:
         if process.is_alive():
             process.kill()
             process.join()
+
+
+DEFAULT_SCALES = (0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0)
+KEPT_SHARE = 0.95
+"""A stream keeps up when it achieves this share of its target rate."""
+
+
+@dataclass(frozen=True, slots=True)
+class RampStep:
+    rate_scale: float
+    streams: list[StreamResult]
+    verified: bool
+    kept: dict[StreamName, bool]
+
+
+@dataclass(frozen=True, slots=True)
+class MaxReport:
+    profile: str
+    workers: int
+    p99_target_ms: float
+    step_s: float
+    steps: list[RampStep]
+    maximum: dict[StreamName, float]
+    """Per stream: the highest rate achieved in a step it kept up with (0 if none)."""
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def kept_up(stream: StreamResult, p99_ms: float, verified: bool) -> bool:
+    """Achieved (nearly) its target, within the p99 target, and nothing was lost."""
+    return (
+        verified
+        and stream.achieved_per_s >= KEPT_SHARE * stream.target_per_s
+        and stream.p99_ms is not None
+        and stream.p99_ms <= p99_ms
+    )
+
+
+async def find_max(
+    settings: Settings,
+    profile: Profile,
+    *,
+    workers: int,
+    step_s: float,
+    p99_ms: float,
+    seed: int = 42,
+    scales: Sequence[float] = DEFAULT_SCALES,
+    watch: Callable[[Simulation], AbstractContextManager[None]] = lambda _: nullcontext(),
+) -> MaxReport:
+    """Run the profile at growing rate scales; a stream drops out at the first step where it
+    falls short of its target or of the p99 target; stop when every stream dropped out."""
+    steps: list[RampStep] = []
+    maximum = dict.fromkeys(profile.targets(), 0.0)
+    racing = set(maximum)
+    for scale in scales:
+        simulation = Simulation(
+            settings, profile.scaled(scale), duration_s=step_s, workers=workers, seed=seed
+        )
+        with watch(simulation):
+            report = await simulation.run()
+        kept = {s.name: kept_up(s, p99_ms, report.ok) for s in report.streams}
+        steps.append(RampStep(scale, report.streams, report.ok, kept))
+        for stream in report.streams:
+            if stream.name in racing:
+                if kept[stream.name]:
+                    maximum[stream.name] = stream.achieved_per_s
+                else:
+                    racing.discard(stream.name)
+        if not racing:
+            break
+    return MaxReport(profile.name, workers, p99_ms, step_s, steps, maximum)

@@ -6,7 +6,6 @@ QuestDB, emit trade events, and set stop-loss and take-profit rules on what they
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from uuid import UUID
@@ -36,7 +35,7 @@ from tradestore.simulation.plan import TraderSpec
 from tradestore.simulation.profiles import StreamName
 from tradestore.simulation.rules import RuleBook
 
-TICK_S = 0.05
+TICK_S = 0.1
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 CONFIG_REFRESH_S = 2.0
 TOKEN_REFRESH_S = 1.0
@@ -76,7 +75,7 @@ class Trader:
         self.stream = context.db.cache.streams.trade_events
         self.event_ledger = acked.event_ledger(self.stream.name, self.source)
         self._next_config = self._next_token = 0.0
-        self._token_cursor = 0
+        self._token_cursor = self._position_cursor = 0
 
     @property
     def live(self) -> bool:
@@ -132,54 +131,50 @@ class Trader:
             if info is not None:
                 self.info[token.mint] = info
 
-    async def read_prices(self, tokens: Sequence[SimToken]) -> dict[int, Decimal]:
-        """Prices of these tokens, each checked for its age; misses are left out."""
+    async def read_price(self, token: SimToken) -> Decimal | None:
+        """The token's price (live traders through the near cache), checked for its age."""
         cache = self.context.db.cache
-        found: dict[int, Decimal | None] = {}
-        if self.live:
-            for token in tokens:
-                started = time.perf_counter()
-                found[token.index] = await cache.near.get_price(token.mint)
-                record("redis", "near.get_price", time.perf_counter() - started)
-        else:
-            read = await timed(
-                "redis", "prices.get_prices", cache.prices.get_prices([t.mint for t in tokens])
-            )
-            found = {token.index: read[token.mint] for token in tokens}
         read_ms = time.time_ns() // 1_000_000
+        started = time.perf_counter()
+        if self.live:
+            price = await cache.near.get_price(token.mint)
+            record("redis", "near.get_price", time.perf_counter() - started)
+        else:
+            price = await cache.prices.get_price(token.mint)
+            record("redis", "prices.get_price", time.perf_counter() - started)
         counters = self.context.counters
-        ttl_ms = self.context.plan.settings.redis.price_ttl_ms
-        prices: dict[int, Decimal] = {}
-        for index, price in found.items():
-            counters.price_reads += 1
-            if price is None:
-                counters.price_misses += 1
-                continue
-            age = age_ms(price, read_ms)
-            counters.oldest_price_ms = max(counters.oldest_price_ms, age)
-            if age > ttl_ms + counters.slowest_price_write_ms + 1:
-                counters.stale_prices += 1
-            prices[index] = price
-        self.last_price.update(prices)
-        return prices
+        counters.price_reads += 1
+        if price is None:
+            counters.price_misses += 1
+            return None
+        # Aged from before the read: the price was at most this old when Redis served it.
+        age = age_ms(price, read_ms)
+        counters.oldest_price_ms = max(counters.oldest_price_ms, age)
+        if (
+            age
+            > self.context.plan.settings.redis.price_ttl_ms + counters.slowest_price_write_ms + 1
+        ):
+            counters.stale_prices += 1
+        self.last_price[token.index] = price
+        return price
 
     async def trade(self, count: int) -> None:
+        """``count`` orders on one token of the watchlist, at the price just read."""
         rng = self.rng
-        picks = [rng.choice(self.watch) for _ in range(count)]
-        prices = await self.read_prices(list({token.index: token for token in picks}.values()))
-        priced = [(token, prices[token.index]) for token in picks if token.index in prices]
-        if not priced:
+        token = rng.choice(self.watch)
+        price = await self.read_price(token)
+        if price is None:
             return
         now = datetime.now(UTC)
         plan, index = self.context.plan, self.spec.index
         ledger = self.trade_ledger
-        first = ledger.reserve(len(priced))
+        first = ledger.reserve(count)
         trades = [
             self._decide(row_id(plan.run_tag, Kind.TRADE, index, first + n), now, token, price)
-            for n, (token, price) in enumerate(priced)
+            for n in range(count)
         ]
         await self.context.write(
-            trades, "trades", lambda: ledger.ack(first, len(trades)), StreamName.TRADES
+            trades, "trades", lambda: ledger.ack(first, count), StreamName.TRADES
         )
         if self.config.mev_protection_enabled:
             threatened = sum(rng.random() < plan.profile.mev_fraction for _ in trades)
@@ -241,13 +236,13 @@ class Trader:
 
     async def report_positions(self, count: int) -> None:
         now_us = time.time_ns() // 1_000
+        self._position_cursor += count
         rows: list[Position] = []
         keys: list[tuple[int, int]] = []
-        for offset in range(count):
-            token = self.watch[(self._token_cursor + offset) % len(self.watch)]
-            price = self.last_price.get(token.index)
-            if price is None:
-                continue
+        priced = [token for token in self.watch if token.index in self.last_price]
+        for offset in range(count if priced else 0):
+            token = priced[(self._position_cursor + offset) % len(priced)]
+            price = self.last_price[token.index]
             micros = max(now_us, self.last_us.get(token.index, 0) + 1)
             self.last_us[token.index] = micros
             held = Decimal(self.held.get(token.index, 0.0)).quantize(PRICE_PLACES)
