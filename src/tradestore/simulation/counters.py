@@ -25,10 +25,9 @@ class Counters:
     done: Counter[StreamName] = field(default_factory=Counter)
     """Operations of each load stream acknowledged by their store."""
     errors: Counter[str] = field(default_factory=Counter)
-    price_reads: int = 0
     price_misses: int = 0
-    stale_prices: int = 0
-    oldest_price_ms: int = 0
+    price_ages: Counter[int] = field(default_factory=Counter)
+    """Prices served, by age in milliseconds when the read began."""
     slowest_price_write_ms: int = 0
     """Longest a price took from being stamped to Redis acknowledging it."""
 

@@ -143,18 +143,11 @@ class Trader:
             price = await cache.prices.get_price(token.mint)
             record("redis", "prices.get_price", time.perf_counter() - started)
         counters = self.context.counters
-        counters.price_reads += 1
         if price is None:
             counters.price_misses += 1
             return None
-        # Aged from before the read: the price was at most this old when Redis served it.
-        age = age_ms(price, read_ms)
-        counters.oldest_price_ms = max(counters.oldest_price_ms, age)
-        if (
-            age
-            > self.context.plan.settings.redis.price_ttl_ms + counters.slowest_price_write_ms + 1
-        ):
-            counters.stale_prices += 1
+        # Aged from before the read: the price was at most this old when it was served.
+        counters.price_ages[age_ms(price, read_ms)] += 1
         self.last_price[token.index] = price
         return price
 

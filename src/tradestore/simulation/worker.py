@@ -48,10 +48,8 @@ class Progress:
     errors: dict[str, int]
     writer: WriterStats
     latencies: dict[latency.Key, bytes]
-    price_reads: int = 0
     price_misses: int = 0
-    stale_prices: int = 0
-    oldest_price_ms: int = 0
+    price_ages: dict[int, int] = field(default_factory=dict)
     slowest_price_write_ms: int = 0
 
 
@@ -76,10 +74,8 @@ def _progress(context: WorkerContext, elapsed_s: float) -> Progress:
         errors=dict(counters.errors),
         writer=context.db.timeseries.writer.stats(),
         latencies=latency.RECORDER.export(),
-        price_reads=counters.price_reads,
         price_misses=counters.price_misses,
-        stale_prices=counters.stale_prices,
-        oldest_price_ms=counters.oldest_price_ms,
+        price_ages=dict(counters.price_ages),
         slowest_price_write_ms=counters.slowest_price_write_ms,
     )
 
