@@ -102,6 +102,19 @@ def make_tokens(seed: int, count: int) -> list[SimToken]:
     return tokens
 
 
+SOL_INDEX = -1
+
+
+def sol_token() -> SimToken:
+    """wSOL against USDC: traders convert priority fees (lamports) with it. It moves slowly,
+    so it is the price the near cache fits."""
+    mint = Pubkey.from_string(WSOL)
+    pool, _bump = Pubkey.find_program_address(
+        [b"amm_associated_seed", bytes(mint), bytes(Pubkey.from_string(USDC))], RAYDIUM_AMM
+    )
+    return SimToken(SOL_INDEX, QUOTES[1], str(pool), start_price=150.0, step_sigma=0.0005)
+
+
 def stamp(price: float, wall_ms: int) -> Decimal:
     """The price to nine places, with the writing instant in the nine places below."""
     rounded = max(Decimal(price).quantize(PRICE_PLACES, ROUND_HALF_EVEN), PRICE_PLACES)

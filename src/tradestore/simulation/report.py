@@ -150,7 +150,7 @@ def entries_table(entries: Mapping[str, Mapping[str, int]]) -> Table:
             stream,
             f"{published:,}",
             f"{read:,}",
-            f"{published - read:,}",
+            f"{max(published - read, 0):,}",
             f"{counts.get('foreign', 0):,}",
         )
     return table

@@ -29,7 +29,7 @@ from tradestore.simulation.context import PositionKeys, WorkerContext
 from tradestore.simulation.counters import pause_after_error, timed
 from tradestore.simulation.ids import Kind, Ledger, row_id
 from tradestore.simulation.latency import record
-from tradestore.simulation.market import PRICE_PLACES, USDC, SimToken, age_ms
+from tradestore.simulation.market import PRICE_PLACES, USDC, SimToken, age_ms, sol_token
 from tradestore.simulation.pacing import TokenBucket, ticks
 from tradestore.simulation.plan import TraderSpec
 from tradestore.simulation.profiles import StreamName
@@ -37,9 +37,10 @@ from tradestore.simulation.rules import RuleBook
 
 TICK_S = 0.1
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-CONFIG_REFRESH_S = 2.0
-TOKEN_REFRESH_S = 1.0
+CONFIG_REFRESH_S = 5.0
+TOKEN_REFRESH_S = 2.0
 FEE_RATE = Decimal("0.0025")
+LAMPORT = Decimal("1e-9")
 
 
 def money(value: float) -> Decimal:
@@ -56,6 +57,7 @@ class Trader:
         plan = context.plan
         self.rng = context.rng("trader", spec.index)
         self.watch: list[SimToken] = [plan.tokens[index] for index in spec.watchlist]
+        self.sol = sol_token()
         self.info: dict[str, TokenInfo] = {}
         self.held = {token.index: self.rng.uniform(10, 1_000) for token in self.watch}
         self.cost: dict[int, float] = {}
@@ -131,12 +133,12 @@ class Trader:
             if info is not None:
                 self.info[token.mint] = info
 
-    async def read_price(self, token: SimToken) -> Decimal | None:
-        """The token's price (live traders through the near cache), checked for its age."""
+    async def read_price(self, token: SimToken, *, near: bool = False) -> Decimal | None:
+        """A price from Redis (or the near cache), its age at the start of the read recorded."""
         cache = self.context.db.cache
         read_ms = time.time_ns() // 1_000_000
         started = time.perf_counter()
-        if self.live:
+        if near:
             price = await cache.near.get_price(token.mint)
             record("redis", "near.get_price", time.perf_counter() - started)
         else:
@@ -146,24 +148,25 @@ class Trader:
         if price is None:
             counters.price_misses += 1
             return None
-        # Aged from before the read: the price was at most this old when it was served.
         counters.price_ages[age_ms(price, read_ms)] += 1
-        self.last_price[token.index] = price
         return price
 
     async def trade(self, count: int) -> None:
-        """``count`` orders on one token of the watchlist, at the price just read."""
+        """``count`` orders on one token of the watchlist, at the price just read. Live traders
+        also read SOL's price through the near cache, to price their priority fees."""
         rng = self.rng
         token = rng.choice(self.watch)
         price = await self.read_price(token)
+        sol = await self.read_price(self.sol, near=True) if self.live else None
         if price is None:
             return
+        self.last_price[token.index] = price
         now = datetime.now(UTC)
         plan, index = self.context.plan, self.spec.index
         ledger = self.trade_ledger
         first = ledger.reserve(count)
         trades = [
-            self._decide(row_id(plan.run_tag, Kind.TRADE, index, first + n), now, token, price)
+            self._decide(row_id(plan.run_tag, Kind.TRADE, index, first + n), now, token, price, sol)
             for n in range(count)
         ]
         await self.context.write(
@@ -183,7 +186,9 @@ class Trader:
         ]
         await self.context.write(events, "mev_events", lambda: ledger.ack(first, count))
 
-    def _decide(self, trade_id: UUID, now: datetime, token: SimToken, price: Decimal) -> Trade:
+    def _decide(
+        self, trade_id: UUID, now: datetime, token: SimToken, price: Decimal, sol: Decimal | None
+    ) -> Trade:
         rng, config = self.rng, self.config
         held = self.held.get(token.index, 0.0)
         notional = rng.uniform(0.001, 0.02) * float(config.max_position_size)
@@ -195,6 +200,10 @@ class Trader:
         fee_bps = self.info.get(token.mint, token.info).transfer_fee_bps or 0
         value = Decimal(notional).quantize(PRICE_PLACES)
         live = self.live
+        priority_fee = rng.randint(5_000, 200_000) if config.mev_protection_enabled else 0
+        fee = value * FEE_RATE
+        if sol is not None:  # lamports to the quote token
+            fee += priority_fee * LAMPORT * sol
         return Trade(
             id=trade_id,
             timestamp=now,
@@ -206,8 +215,8 @@ class Trader:
             amount=money(amount),
             price=price,
             slippage=rng.uniform(-0.2, 1.0) * config.max_slippage_bps / 10_000,
-            fee=(value * FEE_RATE).quantize(PRICE_PLACES),
-            priority_fee=rng.randint(5_000, 200_000) if config.mev_protection_enabled else 0,
+            fee=fee.quantize(PRICE_PLACES),
+            priority_fee=priority_fee,
             transfer_fee=(value * fee_bps / 10_000).quantize(PRICE_PLACES),
             tx_signature=str(Signature(rng.randbytes(64))) if live else None,
             latency_ms=rng.randint(40, 900) if live else rng.randint(0, 5),
