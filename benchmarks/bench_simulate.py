@@ -58,7 +58,8 @@ def print_max(report: MaxReport) -> None:
     )
     for step in report.steps:
         cells = "  ".join(
-            f"{s.name} {s.achieved_per_s:,.0f}/s{'' if step.kept[s.name] else ' (x)'}"
+            f"{s.name} {s.achieved_per_s:,.0f}/s p99 {s.p99_ms or 0:,.0f} ms"
+            f"{'' if step.kept[s.name] else ' (x)'}"
             for s in step.streams
         )
         print(f"  scale {step.rate_scale:<5g} {cells}  verified={step.verified}")
@@ -72,11 +73,12 @@ async def main() -> None:
     parser.add_argument("--duration", type=float, default=60.0)
     parser.add_argument("--step", type=float, default=15.0, help="seconds per --find-max step")
     parser.add_argument("--p99-ms", type=float, default=250.0)
+    parser.add_argument("--find-max-only", action="store_true")
     arguments = parser.parse_args()
     stack = await running_stack()
     settings: Settings = stack.settings
     print(f"load average at start: {os.getloadavg()[0]:.1f} (the machine is shared: short runs)")
-    for workers in (1, 2):
+    for workers in () if arguments.find_max_only else (1, 2):
         simulation = Simulation(settings, SEED, duration_s=arguments.duration, workers=workers)
         print_run(await simulation.run())
     for workers in (1, 2):

@@ -13,19 +13,24 @@ DEFAULT_BURST_S = 0.25
 
 
 class TokenBucket:
-    """``rate`` operations a second; ``take()`` returns how many are due now."""
+    """``rate`` operations a second; ``take()`` returns how many are due now.
+
+    The clock starts at the first ``take``, at a random phase of one operation: an actor with
+    a rate of 0.1/s then does its share over a short run on average, not nothing or a burst.
+    """
 
     __slots__ = ("_capacity", "_last", "_level", "rate")
 
-    def __init__(self, rate: float, burst_s: float = DEFAULT_BURST_S) -> None:
+    def __init__(self, rate: float, phase: float, burst_s: float = DEFAULT_BURST_S) -> None:
         self.rate = rate
         self._capacity = max(rate * burst_s, 1.0)
-        self._level = 0.0
-        self._last = time.monotonic()
+        self._level = phase
+        self._last: float | None = None
 
     def take(self, limit: int | None = None) -> int:
         now = time.monotonic()
-        self._level = min(self._level + (now - self._last) * self.rate, self._capacity)
+        if self._last is not None:
+            self._level = min(self._level + (now - self._last) * self.rate, self._capacity)
         self._last = now
         due = int(self._level)
         if limit is not None:

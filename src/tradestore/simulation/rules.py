@@ -120,6 +120,8 @@ class RuleExecutor:
             try:
                 latest = await timed("redis", "prices.get_prices", prices.get_prices(tokens))
                 for token, price in latest.items():
+                    if not self.context.running():
+                        break
                     if price is not None and self.book.due(token, price):
                         await execute_triggered(self.context, token, price)
                         self.book.settle(token, price)

@@ -256,7 +256,7 @@ def _join(processes: Sequence[BaseProcess]) -> None:
             process.join()
 
 
-DEFAULT_SCALES = (0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0)
+DEFAULT_SCALES = (0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0)
 KEPT_SHARE = 0.95
 """A stream keeps up when it achieves this share of its target rate."""
 

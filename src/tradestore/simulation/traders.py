@@ -65,10 +65,11 @@ class Trader:
         self.last_us: dict[int, int] = {}
         share = plan.profile.traders
         profile = plan.profile
-        self.trades = TokenBucket(profile.trades_per_s / share)
-        self.positions = TokenBucket(profile.positions_per_s / share)
-        self.rules = TokenBucket(profile.rules_per_s / share)
-        self.events = TokenBucket(profile.events_per_s / share)
+        rng = self.rng
+        self.trades = TokenBucket(profile.trades_per_s / share, rng.random())
+        self.positions = TokenBucket(profile.positions_per_s / share, rng.random())
+        self.rules = TokenBucket(profile.rules_per_s / share, rng.random())
+        self.events = TokenBucket(profile.events_per_s / share, rng.random())
         acked = context.acked
         self.trade_ledger = acked.trades.setdefault(spec.index, Ledger())
         self.mev_ledger = acked.mev_events.setdefault(spec.index, Ledger())
