@@ -238,7 +238,10 @@ class Simulation:
             workers=self.workers,
             duration_s=self.duration_s,
             load_s=round(load_s, 2),
-            streams=stream_results(self.profile.targets(), done, load_s, summaries),
+            # Load is issued until the deadline; a last tick that ends after it adds no new work.
+            streams=stream_results(
+                self.profile.targets(), done, min(load_s, self.duration_s), summaries
+            ),
             latencies=summaries,
             writer=dict(writer),
             errors=dict(errors),
