@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-DEFAULT_BURST_S = 0.25
+DEFAULT_BURST_S = 1.0
 
 
 class TokenBucket:
