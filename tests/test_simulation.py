@@ -13,7 +13,7 @@ import asyncpg
 import pytest
 import pytest_asyncio
 
-from tests.support import cli_env, tradestore
+from tests.support import cli_env, closed_port, tradestore
 from tradestore.errors import InvalidInputError, VerificationError
 from tradestore.settings import Settings
 from tradestore.simulation.ids import Kind, Ledger, Tally, compare, parse_row_id, row_id
@@ -180,3 +180,10 @@ async def test_find_max_stops_when_every_stream_missed_the_p99_target(settings: 
     assert len(report.steps) == 1, "no stream can be acknowledged by QuestDB within 0.1 ms"
     assert report.maximum == dict.fromkeys(SMOKE.targets(), 0.0)
     assert report.steps[0].verified
+
+
+def test_a_store_that_is_away_is_a_typed_error_and_its_exit_code(settings: Settings) -> None:
+    env = cli_env(settings) | {"TRADESTORE_REDIS__PORT": str(closed_port())}
+    result = tradestore("simulate", "--profile", "smoke", "--duration", "1", "--json", env=env)
+    assert result.returncode == 69, result.stderr[-2000:]
+    assert json.loads(result.stdout)["error"] == "StoreUnavailableError"

@@ -43,9 +43,7 @@ class PriceFeed:
         self.stream = context.db.cache.streams.price_updates
         self.ledger = context.acked.event_ledger(self.stream.name, self.source)
         plan = context.plan
-        self.bucket = TokenBucket(
-            plan.share(plan.profile.prices_per_s, context.worker), rng.random()
-        )
+        self.bucket = TokenBucket(plan.share(plan.profile.prices_per_s), rng.random())
 
     async def run(self) -> None:
         if not self.tokens:

@@ -58,9 +58,8 @@ class RunPlan:
     def traders_of(self, worker: int) -> list[TraderSpec]:
         return [trader for trader in self.traders if trader.index % self.workers == worker]
 
-    def share(self, rate: float, worker: int) -> float:
-        """This worker's part of a rate spread evenly over the workers."""
-        del worker
+    def share(self, rate: float) -> float:
+        """One worker's part of a rate spread evenly over the workers."""
         return rate / self.workers
 
 

@@ -1,6 +1,7 @@
 """Paper and live traders: read their limits and token metadata from PostgreSQL, read prices
-from Redis (live traders through the near cache), write trades, positions and MEV events to
-QuestDB, emit trade events, and set stop-loss and take-profit rules on what they hold.
+from Redis (live traders also SOL's, through the near cache, to price their priority fees),
+write trades, positions and MEV events to QuestDB, emit trade events, and set stop-loss and
+take-profit rules on what they hold.
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ def money(value: float) -> Decimal:
 
 
 class Trader:
+    """One trader's day, in ticks: each tick does what its token buckets say is due."""
+
     def __init__(self, context: WorkerContext, spec: TraderSpec, book: RuleBook) -> None:
         self.context = context
         self.spec = spec
@@ -63,13 +66,12 @@ class Trader:
         self.cost: dict[int, float] = {}
         self.last_price: dict[int, Decimal] = {}
         self.last_us: dict[int, int] = {}
-        share = plan.profile.traders
-        profile = plan.profile
-        rng = self.rng
-        self.trades = TokenBucket(profile.trades_per_s / share, rng.random())
-        self.positions = TokenBucket(profile.positions_per_s / share, rng.random())
-        self.rules = TokenBucket(profile.rules_per_s / share, rng.random())
-        self.events = TokenBucket(profile.events_per_s / share, rng.random())
+        profile, rng = plan.profile, self.rng
+        traders = profile.traders
+        self.trades = TokenBucket(profile.trades_per_s / traders, rng.random())
+        self.positions = TokenBucket(profile.positions_per_s / traders, rng.random())
+        self.rules = TokenBucket(profile.rules_per_s / traders, rng.random())
+        self.events = TokenBucket(profile.events_per_s / traders, rng.random())
         acked = context.acked
         self.trade_ledger = acked.trades.setdefault(spec.index, Ledger())
         self.mev_ledger = acked.mev_events.setdefault(spec.index, Ledger())
@@ -93,6 +95,7 @@ class Trader:
         for token in self.watch:
             info = await timed("postgres", "tokens.get", relational.tokens.get(token.mint))
             self.info[token.mint] = info or token.info
+        self._next_config = time.monotonic() + CONFIG_REFRESH_S
 
     async def run(self) -> None:
         while self.context.running():
