@@ -15,7 +15,7 @@ from tradestore.cli.output import JsonOption, console, print_json, run_or_exit
 from tradestore.errors import VerificationError
 from tradestore.simulation.dashboard import LiveView
 from tradestore.simulation.profiles import PROFILES, Profile, profile
-from tradestore.simulation.report import SimulationReport, render
+from tradestore.simulation.report import SimulationReport, format_ms, render
 from tradestore.simulation.runner import MaxReport, Simulation, find_max
 
 
@@ -45,7 +45,7 @@ def _max_table(report: MaxReport) -> Table:
     for step in report.steps:
         cells = [
             f"[{'green' if step.kept[s.name] else 'red'}]{s.achieved_per_s:,.0f}[/]"
-            f" ({s.p99_ms if s.p99_ms is not None else '-'} ms)"
+            f" ({format_ms(s.p99_ms)})"
             for s in step.streams
         ]
         table.add_row(f"{step.rate_scale:g}x", *cells, "yes" if step.verified else "[red]no[/]")

@@ -100,7 +100,7 @@ class SimulationReport:
         return document
 
 
-def _ms(value: float | None) -> str:
+def format_ms(value: float | None) -> str:
     if value is None:
         return "-"
     return f"{value * 1000:.0f} µs" if value < 1 else f"{value:.1f} ms"
@@ -118,7 +118,7 @@ def stream_table(streams: Iterable[StreamResult], title: str = "load") -> Table:
             f"{stream.target_per_s:,.0f}",
             f"[{colour}]{stream.achieved_per_s:,.0f}[/]",
             f"{stream.total:,}",
-            _ms(stream.p99_ms),
+            format_ms(stream.p99_ms),
         )
     return table
 
@@ -132,10 +132,10 @@ def latency_table(latencies: Mapping[Key, LatencySummary]) -> Table:
             store,
             op,
             f"{summary.count:,}",
-            _ms(summary.p50_ms),
-            _ms(summary.p99_ms),
-            _ms(summary.p999_ms),
-            _ms(summary.max_ms),
+            format_ms(summary.p50_ms),
+            format_ms(summary.p99_ms),
+            format_ms(summary.p999_ms),
+            format_ms(summary.max_ms),
         )
     return table
 
