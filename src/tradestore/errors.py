@@ -143,3 +143,13 @@ class CheckFailedError(TradestoreError):
         self.what = what
         self.problems = tuple(problems)
         super().__init__(f"{what} failed: " + "; ".join(self.problems))
+
+
+class VerificationError(TradestoreError):
+    """A simulation's end-of-run check found data lost, duplicated or stale."""
+
+    exit_code = 4
+
+    def __init__(self, failed: Sequence[str]) -> None:
+        self.failed = tuple(failed)
+        super().__init__(f"verification failed: {', '.join(self.failed)}")

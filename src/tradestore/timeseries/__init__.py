@@ -1,5 +1,6 @@
 """Time series on QuestDB: trades, positions, metrics and MEV events."""
 
+from tradestore.timeseries.audit import TimeSeriesAudit, WalState
 from tradestore.timeseries.queries import Interval, MevSummary, PnlBucket, TimeSeriesQueries
 from tradestore.timeseries.retention import enforce_retention
 from tradestore.timeseries.rows import TimeSeriesRow
@@ -12,10 +13,12 @@ __all__ = [
     "MevSummary",
     "PnlBucket",
     "Receipt",
+    "TimeSeriesAudit",
     "TimeSeriesQueries",
     "TimeSeriesRow",
     "TimeSeriesStore",
     "TimeSeriesWriter",
+    "WalState",
     "WriterStats",
     "apply_schema",
     "enforce_retention",

@@ -7,6 +7,7 @@ from typing import Self
 from tradestore.lifecycle import Lifecycle
 from tradestore.observability.latency import configure
 from tradestore.settings import Settings
+from tradestore.timeseries.audit import TimeSeriesAudit
 from tradestore.timeseries.connection import QueryPool
 from tradestore.timeseries.queries import TimeSeriesQueries
 from tradestore.timeseries.writer import TimeSeriesWriter
@@ -27,6 +28,7 @@ class TimeSeriesStore(Lifecycle):
         self._pool = QueryPool(settings)
         self.writer = TimeSeriesWriter(settings)
         self.queries = TimeSeriesQueries(self._pool)
+        self.audit = TimeSeriesAudit(self._pool)
 
     @classmethod
     def open(cls, settings: Settings, *, lazy: bool = False) -> Self:

@@ -1,0 +1,98 @@
+"""One run's plan: the market, the traders and the nodes, and which worker process plays whom.
+
+The plan is made once by the parent process from the profile and the seed, and handed to every
+worker whole (it pickles), so all processes agree on ids, mints and shares. The seed fixes the
+market and every actor's decisions; the run tag, fresh each run, keeps its rows apart from those
+of earlier runs on the same stores.
+"""
+
+from __future__ import annotations
+
+import random
+import secrets
+from dataclasses import dataclass
+from decimal import Decimal
+from uuid import UUID
+
+from tradestore.models import TraderConfig, TradingMode
+from tradestore.settings import Settings
+from tradestore.simulation.ids import RUN_TAG_BITS
+from tradestore.simulation.market import SimToken, make_tokens
+from tradestore.simulation.profiles import Profile
+
+WATCHLIST = 8
+
+
+@dataclass(frozen=True, slots=True)
+class TraderSpec:
+    index: int
+    config: TraderConfig
+    watchlist: tuple[int, ...]
+    """Indexes of the tokens this trader trades."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunPlan:
+    settings: Settings
+    profile: Profile
+    seed: int
+    duration_s: float
+    workers: int
+    run_tag: int
+    tokens: tuple[SimToken, ...]
+    traders: tuple[TraderSpec, ...]
+    nodes: tuple[str, ...]
+
+    @property
+    def run_id(self) -> str:
+        return f"{self.run_tag:015x}"
+
+    @property
+    def pubsub_channel(self) -> str:
+        return f"ui:sim:{self.run_id}:prices"  # ui:* is the application user's channel space
+
+    def tokens_of(self, worker: int) -> list[SimToken]:
+        """The tokens whose prices this worker's feed writes."""
+        return [token for token in self.tokens if token.index % self.workers == worker]
+
+    def traders_of(self, worker: int) -> list[TraderSpec]:
+        return [trader for trader in self.traders if trader.index % self.workers == worker]
+
+    def share(self, rate: float) -> float:
+        """One worker's part of a rate spread evenly over the workers."""
+        return rate / self.workers
+
+
+def make_plan(
+    settings: Settings, profile: Profile, *, seed: int, duration_s: float, workers: int
+) -> RunPlan:
+    rng = random.Random(seed)
+    run_tag = secrets.randbits(RUN_TAG_BITS)
+    tokens = tuple(make_tokens(seed, profile.tokens))
+    live = round(profile.traders * profile.live_fraction)
+    traders = []
+    for index in range(profile.traders):
+        mode = TradingMode.LIVE if index < live else TradingMode.PAPER
+        config = TraderConfig(
+            id=UUID(int=rng.getrandbits(128) ^ run_tag, version=4),
+            name=f"sim-{run_tag:015x}-{mode.value}-{index:03d}",
+            mode=mode,
+            max_position_size=Decimal(rng.choice((1_000, 5_000, 25_000))),
+            max_daily_loss=Decimal(rng.choice((500, 2_000, 10_000))),
+            max_slippage_bps=rng.choice((50, 100, 300)),
+            mev_protection_enabled=rng.random() < 0.7,
+        )
+        watchlist = tuple(rng.sample(range(len(tokens)), min(WATCHLIST, len(tokens))))
+        traders.append(TraderSpec(index, config, watchlist))
+    nodes = tuple(f"https://rpc-{n}.sim-{run_tag:015x}.invalid/" for n in range(profile.nodes))
+    return RunPlan(
+        settings=settings,
+        profile=profile,
+        seed=seed,
+        duration_s=duration_s,
+        workers=workers,
+        run_tag=run_tag,
+        tokens=tokens,
+        traders=tuple(traders),
+        nodes=nodes,
+    )
