@@ -1,15 +1,21 @@
 """The validation every model shares: one base class, and the field types of this domain.
 
 A model either validates whole or raises ``InvalidInputError`` naming each bad field, so a bad row
-is refused before any store sees it.
+is refused before any store sees it. ``model_copy(update=...)`` and ``model_construct`` skip
+validation, so each instance also records whether pydantic validated it (``was_validated``): a
+store can re-check exactly the instances that need it, at no cost for the others.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
+import operator
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from enum import StrEnum
-from typing import Annotated, Any, Self
+from typing import Annotated, Any, ParamSpec, Self, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -17,6 +23,8 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    model_validator,
+    validate_call,
 )
 from pydantic import ValidationError as PydanticValidationError
 from solders.pubkey import Pubkey
@@ -24,6 +32,8 @@ from solders.signature import Signature
 
 from tradestore.errors import FieldProblem, InvalidInputError
 
+P = ParamSpec("P")
+T = TypeVar("T")
 U64_MAX = 2**64 - 1
 I32_MAX = 2**31 - 1
 BPS_MAX = 10_000
@@ -31,10 +41,17 @@ MONEY_DIGITS = 38
 MONEY_DECIMALS = 18
 
 
-def _to_invalid_input(error: PydanticValidationError, model: str) -> InvalidInputError:
+def _to_invalid_input(
+    error: PydanticValidationError, model: str, positions: Sequence[str] = ()
+) -> InvalidInputError:
+    """``positions`` names a call's positional parameters, which pydantic locates by index."""
     problems = [
         FieldProblem(
-            field=".".join(str(part) for part in detail["loc"]) or "(model)",
+            field=".".join(
+                positions[part] if isinstance(part, int) and part < len(positions) else str(part)
+                for part in detail["loc"]
+            )
+            or "(model)",
             reason=detail["msg"],
         )
         for detail in error.errors(include_url=False)
@@ -45,12 +62,21 @@ def _to_invalid_input(error: PydanticValidationError, model: str) -> InvalidInpu
 class TradestoreModel(BaseModel):
     """Immutable, strict about unknown fields, and raising tradestore's own error type."""
 
+    __slots__ = ("_tradestore_validated",)
+    """Outside the fields (no effect on equality, hashing or dumps), and left unset by
+    ``model_copy``, ``model_construct``, ``copy`` and unpickling, which skip validation."""
+
     model_config = ConfigDict(
         frozen=True,
         extra="forbid",
         allow_inf_nan=False,
         use_enum_values=False,
     )
+
+    @model_validator(mode="after")
+    def _mark_validated(self) -> Self:
+        object.__setattr__(self, "_tradestore_validated", True)
+        return self
 
     def __init__(self, /, **data: Any) -> None:  # noqa: ANN401
         try:
@@ -105,6 +131,43 @@ class TradestoreModel(BaseModel):
             )
         except PydanticValidationError as error:
             raise _to_invalid_input(error, cls.__name__) from None
+
+
+_VALIDATED = operator.attrgetter("_tradestore_validated")
+
+
+def was_validated(model: TradestoreModel) -> bool:
+    """True when pydantic validated this very instance, False for one built without validation."""
+    return getattr(model, "_tradestore_validated", False)
+
+
+def all_validated(models: Iterable[TradestoreModel]) -> bool:
+    """``was_validated`` of every model, at C speed (no Python call per model)."""
+    try:
+        return all(map(_VALIDATED, models))
+    except AttributeError:  # the mark is unset on an instance built without validation
+        return False
+
+
+_STRICT_ARGUMENTS = ConfigDict(strict=True)
+
+
+def validate_arguments(function: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+    """Check a public coroutine's arguments against its annotations, strictly (a string is not a
+    number, a UUID or a datetime), before it runs; a bad argument raises ``InvalidInputError``."""
+    checked = validate_call(config=_STRICT_ARGUMENTS)(function)
+    positions = tuple(inspect.signature(function).parameters)
+
+    @functools.wraps(function)
+    async def call(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await checked(*args, **kwargs)
+        except PydanticValidationError as error:
+            # pydantic validates when the call is awaited, before the body runs; the body
+            # raises only tradestore's errors, never pydantic's.
+            raise _to_invalid_input(error, function.__name__, positions) from None
+
+    return call
 
 
 def _require_utc(value: datetime) -> datetime:
