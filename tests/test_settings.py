@@ -130,6 +130,8 @@ def _changed_value(name: str, field: FieldInfo) -> tuple[str, object]:  # noqa: 
         return json.dumps(value), value
     if annotation == Path | None:
         return "/opt/jdk", Path("/opt/jdk")
+    if isinstance(default, Path):
+        return str(default / "elsewhere"), default / "elsewhere"
     raise AssertionError(f"no sample value for {name}: {annotation}")
 
 

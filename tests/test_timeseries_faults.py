@@ -19,7 +19,7 @@ import pytest
 import pytest_asyncio
 
 from tests.conftest import REPO, port_base
-from tests.support import wait_until
+from tests.support import wait_for, wait_until
 from tests.timeseries_support import make_trades, trade_counts
 from tradestore.errors import StoreUnavailableError
 from tradestore.settings import Settings
@@ -40,6 +40,9 @@ SMALL_PAGES = {
 }
 """QuestDB maps column files 16 MiB at a time: an empty trades table alone needs more than a
 small disk holds. With 1 MiB pages it starts in about 48 MiB and applies what fits."""
+RESERVE_MIB = 24
+"""Free space left for the test: enough to commit trades to the WAL (each commit takes a few
+MiB), too little to apply them (a trades partition needs 1 MiB per column file and more)."""
 DELIVERY_TIMEOUT_S = 60.0
 
 
@@ -83,6 +86,16 @@ def fill(path: Path) -> None:
         while True:
             ballast.write(bytes(1 << 20))
             ballast.flush()
+
+
+def fill_all_but(mount: Path, reserve_mib: int) -> Path:
+    """Fill the filesystem but ``reserve_mib``: room for WAL commits, not for applying them."""
+    reserve = mount / "reserve"
+    reserve.write_bytes(bytes(reserve_mib << 20))
+    ballast = mount / "ballast"
+    fill(ballast)
+    reserve.unlink()
+    return ballast
 
 
 def mount_tmpfs(mount: Path) -> None:
@@ -146,6 +159,9 @@ async def test_a_full_disk_suspends_the_wal_and_every_acknowledged_row_becomes_v
     trader = uuid4()
     receipts: list[Receipt] = []
     stop = asyncio.Event()
+    # Full but for the room a few commits to the WAL take, so that QuestDB acknowledges rows
+    # and then fails to apply them: what a disk filling up under load does, made repeatable.
+    ballast = await asyncio.to_thread(fill_all_but, settings.data_dir, RESERVE_MIB)
 
     async with TimeSeriesStore.open(settings) as store:
         writer = store.writer
@@ -154,30 +170,30 @@ async def test_a_full_disk_suspends_the_wal_and_every_acknowledged_row_becomes_v
             while not stop.is_set():
                 start = datetime.now(UTC) + timedelta(milliseconds=len(receipts))
                 receipts.append(await writer.write_many(make_trades(trader, start, 200)))
-                await asyncio.sleep(0.05)
+                await asyncio.sleep(0.1)
+
+        async def suspended_in_health() -> bool:
+            return "trades" in (await store.health()).suspended
 
         producer = asyncio.create_task(produce())
-        await asyncio.sleep(0.5)
-        ballast = settings.data_dir / "ballast"
-        await asyncio.to_thread(fill, ballast)
         try:
             suspended = await wait_until(
                 lambda: "trades" in writer.stats().suspended_tables, 15.0, 0.1
             )
             assert suspended, writer.stats()
-            health = await store.health()
-            assert "trades" in health.suspended
-            assert not health.ok
-            assert [table.name for table in await wal_tables(settings) if table.suspended] == [
-                "trades"
-            ]
+            await asyncio.wait_for(receipts[0], DELIVERY_TIMEOUT_S)  # committed, not visible
+            assert await trade_counts(settings, trader) == (0, 0)
+            # A resume may be in progress at any one look; the table is suspended most of the time.
+            assert await wait_for(suspended_in_health, True, 10.0)
+            states = {table.name: table for table in await wal_tables(settings)}
+            assert states["trades"].pending > 0
             await asyncio.sleep(3.0)  # resumes tried meanwhile meet the full disk
             tries = writer.stats().wal_resumes
             assert 1 <= tries <= 6, "resumes back off (0.5, 1, 2 s apart), never spin"
         finally:
             ballast.unlink()
-        stop.set()
-        await producer
+            stop.set()
+            await producer
         await asyncio.wait_for(asyncio.gather(*receipts), DELIVERY_TIMEOUT_S)
         await asyncio.wait_for(writer.flush(visible=True), DELIVERY_TIMEOUT_S)
         accepted = writer.stats().rows_accepted
