@@ -401,7 +401,7 @@ class TimeSeriesWriter:
         before, batch.size = batch.size, len(batch.buffer)
         counters.rows_accepted += 1
         counters.pending_bytes += batch.size - before
-        if counters.pending_bytes > counters.peak_pending_bytes:
+        if counters.pending_bytes > counters.peak_pending_bytes:  # noqa: PLR1730 - no call per row
             counters.peak_pending_bytes = counters.pending_bytes
         if len(batch.rows) >= self.config.flush_rows:
             self._lanes[table].wake.set()
