@@ -163,6 +163,19 @@ async def write_to_visible(settings: Settings, *, under_load: bool) -> dict[str,
     }
 
 
+async def receipt_visible(settings: Settings) -> dict[str, float]:
+    """Milliseconds from write() until ``receipt.visible()`` returns, one probe row at a time."""
+    samples: list[float] = []
+    async with TimeSeriesWriter(settings) as writer:
+        for _ in range(LATENCY_SAMPLES):
+            await asyncio.sleep(random.uniform(0, settings.questdb.flush_interval_s))
+            started = time.perf_counter()
+            await (await writer.write(Metric(name=f"probe_{uuid4().hex}", value=1.0))).visible()
+            samples.append((time.perf_counter() - started) * 1000)
+    p50, p99 = p50_p99(samples)
+    return {"p50_ms": p50, "p99_ms": p99}
+
+
 async def last_trades_latency(settings: Settings) -> dict[str, float]:
     """The newest 1,000 of a trader's 20,000 trades, as Trade models, among everyone's rows."""
     rows = trades(20_000)
@@ -217,6 +230,7 @@ async def main(argv: Sequence[str] | None = None) -> None:
         "metrics": await compare(settings, metrics, args.rows),
         "visible_idle": await write_to_visible(settings, under_load=False),
         "visible_under_load": await write_to_visible(settings, under_load=True),
+        "receipt_visible": await receipt_visible(settings),
         "last_1000_trades": await last_trades_latency(settings),
         "process_peak_rss_mib": rss_kib("VmHWM") / 1024,
     }
@@ -241,6 +255,11 @@ async def main(argv: Sequence[str] | None = None) -> None:
             f"max {r['max_ms']:.1f} ms over {LATENCY_SAMPLES} rows "
             f"(acknowledged: p50 {r['ack_p50_ms']:.1f} ms, p99 {r['ack_p99_ms']:.1f} ms)"
         )
+    r = results["receipt_visible"]
+    print(
+        f"write -> receipt.visible() (idle): p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms"
+        f" over {LATENCY_SAMPLES} rows"
+    )
     r = results["last_1000_trades"]
     print(
         f"last {QUERY_ROWS} trades of a trader as models: p50 {r['p50_ms']:.1f} ms, "

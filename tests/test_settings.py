@@ -167,6 +167,8 @@ def _changed_value(name: str, field: FieldInfo) -> tuple[str, object]:  # noqa: 
         return "29100", 29100
     if annotation == str | None:
         return "nobody", "nobody"
+    if isinstance(default, Path):
+        return str(default / "elsewhere"), default / "elsewhere"
     raise AssertionError(f"no sample value for {name}: {annotation}")
 
 

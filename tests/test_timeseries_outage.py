@@ -1,9 +1,10 @@
-"""The writer while the test stack's real QuestDB is stopped and started again."""
+"""The writer and the queries while the test stack's real QuestDB is stopped and started again."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from uuid import uuid4
 
@@ -14,12 +15,24 @@ from tests.timeseries_support import make_trades, trade_counts, wait_applied
 from tradestore.errors import StoreUnavailableError
 from tradestore.settings import Settings
 from tradestore.stack import LocalStack
-from tradestore.timeseries import Receipt, TimeSeriesWriter
+from tradestore.timeseries import Receipt, TimeSeriesStore, TimeSeriesWriter
 
 CLIENT_RETRY_TIMEOUT_S = 10.0
 """The official client gives up after this by default; the writer must outlast it."""
 DELIVERY_TIMEOUT_S = 60.0
 ROW_BYTES_MAX = 1024
+
+
+def calls(store: TimeSeriesStore) -> list[Callable[[], Awaitable[object]]]:
+    """Every public query, with valid arguments."""
+    now, trader = datetime.now(UTC), uuid4()
+    queries = store.queries
+    return [
+        lambda: queries.last_trades(trader),
+        lambda: queries.pnl_by_interval(now - timedelta(hours=1), now),
+        lambda: queries.latest_positions(trader),
+        lambda: queries.mev_summary(now - timedelta(hours=1), now),
+    ]
 
 
 async def test_rows_written_through_an_outage_arrive_exactly_once(
@@ -41,12 +54,17 @@ async def test_rows_written_through_an_outage_arrive_exactly_once(
             accepted += len(chunk)
             await asyncio.sleep(0.02)
 
-    async with TimeSeriesWriter(settings.with_changes(questdb={"retry_max_s": 0.5})) as writer:
+    async with TimeSeriesStore.open(settings.with_changes(questdb={"retry_max_s": 0.5})) as store:
+        writer = store.writer
+        queries = calls(store)
         producer = asyncio.create_task(produce(writer))
         await asyncio.sleep(1.0)
         try:
             await questdb.down()
             written_before_restart = writer.stats().rows_written
+            for query in queries:
+                with pytest.raises(StoreUnavailableError):
+                    await query()
             await asyncio.sleep(CLIENT_RETRY_TIMEOUT_S + 1)
             during = writer.stats()
             assert during.retries > 0
@@ -56,6 +74,8 @@ async def test_rows_written_through_an_outage_arrive_exactly_once(
             assert not producer.done()
         finally:
             await questdb.up()
+        for query in queries:
+            await query()  # the pool reconnects by itself
         await asyncio.sleep(1.0)
         stop.set()
         await producer

@@ -46,6 +46,19 @@ class InvalidInputError(TradestoreError):
         return tuple(problem.field for problem in self.problems)
 
 
+class RowsRejectedError(InvalidInputError):
+    """QuestDB refused rows as malformed after the writer accepted them; the other rows of their
+    batches were written. Each refused row is in the dead-letter file with the server's reason."""
+
+    def __init__(self, rejected: Sequence[tuple[object, str]], dead_letters: Path) -> None:
+        self.rows = tuple(row for row, _ in rejected)
+        self.dead_letters = dead_letters
+        super().__init__(
+            type(self.rows[0]).__name__ if self.rows else "row",
+            [FieldProblem("(row)", f"refused by QuestDB: {reason}") for _, reason in rejected],
+        )
+
+
 class ConfigError(TradestoreError):
     """Settings or credentials are missing or unusable."""
 

@@ -338,11 +338,25 @@ class QuestDBSettings(StoreSettings):
     retry_max_s: Seconds = Field(default=2.0, gt=0)
     request_timeout_s: Seconds = Field(default=10.0, gt=0)
     """One ILP-over-HTTP request of the batch writer."""
+    retention_days: int = Field(default=30, ge=1)
+    """Rows older than this are refused by the writer. The tables' TTL is frozen in their DDL
+    (30 days): change both together."""
+    max_future_skew_s: Seconds = Field(default=60.0, ge=0)
+    """How far ahead of this machine's clock a row's timestamp may be."""
+    dead_letter_file: Path = Path("dead-letters") / "questdb.jsonl"
+    """Rows QuestDB refused as malformed, one JSON object a line; relative to the data dir."""
+    wal_check_interval_s: Seconds = Field(default=1.0, gt=0)
+    """How often the writer reads ``wal_tables()`` to find suspended tables."""
+    resume_initial_s: Seconds = Field(default=1.0, gt=0)
+    resume_max_s: Seconds = Field(default=60.0, gt=0)
+    """Backoff between tries to resume a suspended table while its cause (a full disk) stays."""
 
     @model_validator(mode="after")
     def _retry_bounds(self) -> Self:
         if self.retry_initial_s > self.retry_max_s:
             raise ValueError("retry_initial_s must not exceed retry_max_s")
+        if self.resume_initial_s > self.resume_max_s:
+            raise ValueError("resume_initial_s must not exceed resume_max_s")
         return self
 
     def secret(self) -> str:

@@ -12,7 +12,6 @@ from tradestore.cli.jobs import report, run_with_spinner
 from tradestore.cli.output import JsonOption, console, print_json, run_or_exit
 from tradestore.operations import CompressionResult, compress_partitions
 from tradestore.timeseries.retention import enforce_retention
-from tradestore.timeseries.schema import RETENTION_DAYS
 
 app = typer.Typer(help="Operate the QuestDB time series.", no_args_is_help=True)
 
@@ -21,21 +20,27 @@ app = typer.Typer(help="Operate the QuestDB time series.", no_args_is_help=True)
 def retention(
     ctx: typer.Context,
     days: Annotated[
-        int, typer.Option(min=1, help="Keep partitions holding rows newer than this many days.")
-    ] = RETENTION_DAYS,
+        int | None,
+        typer.Option(
+            min=1,
+            help="Keep partitions holding rows newer than this many days"
+            " (default: the questdb.retention_days setting, 30).",
+        ),
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Drop partitions past the retention window by wall clock (TTL waits for a new row)."""
     settings = settings_of(ctx)
+    kept = settings.questdb.retention_days if days is None else days
 
     async def work() -> list[str]:
-        return await enforce_retention(settings, days=days)
+        return await enforce_retention(settings, days=kept)
 
     tables = run_or_exit(work, as_json=as_json)
     if as_json:
-        print_json({"days": days, "tables": tables})
+        print_json({"days": kept, "tables": tables})
     else:
-        console.print(f"questdb: dropped partitions older than {days} days in {', '.join(tables)}")
+        console.print(f"questdb: dropped partitions older than {kept} days in {', '.join(tables)}")
 
 
 def _compression_table(result: CompressionResult) -> Table:

@@ -1,7 +1,9 @@
 """The validation every model shares: one base class, and the field types of this domain.
 
 A model either validates whole or raises ``InvalidInputError`` naming each bad field, so a bad row
-is refused before any store sees it.
+is refused before any store sees it. ``model_copy(update=...)`` and ``model_construct`` skip
+validation, so each instance also records whether pydantic validated it (``was_validated``): a
+store can re-check exactly the instances that need it, at no cost for the others.
 """
 
 from __future__ import annotations
@@ -9,7 +11,8 @@ from __future__ import annotations
 import functools
 import inspect
 import json
-from collections.abc import Callable, Sequence
+import operator
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from enum import StrEnum
@@ -22,6 +25,7 @@ from pydantic import (
     Field,
     JsonValue,
     StringConstraints,
+    model_validator,
     validate_call,
 )
 from pydantic import ValidationError as PydanticValidationError
@@ -60,12 +64,21 @@ def _to_invalid_input(
 class TradestoreModel(BaseModel):
     """Immutable, strict about unknown fields, and raising tradestore's own error type."""
 
+    __slots__ = ("_tradestore_validated",)
+    """Outside the fields (no effect on equality, hashing or dumps), and left unset by
+    ``model_copy``, ``model_construct``, ``copy`` and unpickling, which skip validation."""
+
     model_config = ConfigDict(
         frozen=True,
         extra="forbid",
         allow_inf_nan=False,
         use_enum_values=False,
     )
+
+    @model_validator(mode="after")
+    def _mark_validated(self) -> Self:
+        object.__setattr__(self, "_tradestore_validated", True)
+        return self
 
     def __init__(self, /, **data: Any) -> None:  # noqa: ANN401
         try:
@@ -120,6 +133,22 @@ class TradestoreModel(BaseModel):
             )
         except PydanticValidationError as error:
             raise _to_invalid_input(error, cls.__name__) from None
+
+
+_VALIDATED = operator.attrgetter("_tradestore_validated")
+
+
+def was_validated(model: TradestoreModel) -> bool:
+    """True when pydantic validated this very instance, False for one built without validation."""
+    return getattr(model, "_tradestore_validated", False)
+
+
+def all_validated(models: Iterable[TradestoreModel]) -> bool:
+    """``was_validated`` of every model, at C speed (no Python call per model)."""
+    try:
+        return all(map(_VALIDATED, models))
+    except AttributeError:  # the mark is unset on an instance built without validation
+        return False
 
 
 def _require_utc(value: datetime) -> datetime:

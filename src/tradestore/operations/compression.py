@@ -20,7 +20,7 @@ import asyncpg
 from tradestore.errors import StoreUnavailableError
 from tradestore.operations.result import JobResult, Stopwatch
 from tradestore.settings import Settings
-from tradestore.timeseries.connection import UNREACHABLE, connection, unavailable
+from tradestore.timeseries.connection import UNREACHABLE, connection, failure
 from tradestore.timeseries.schema import TABLES, Table
 
 APPLY_TIMEOUT_S = 600.0
@@ -151,5 +151,5 @@ async def compress_partitions(
                 if converted is not None:
                     done.append(converted)
         except UNREACHABLE as error:
-            raise unavailable(settings, error) from error
+            raise failure(settings, error) from error
     return CompressionResult(now - timedelta(days=days), done, watch.elapsed())

@@ -31,7 +31,7 @@ from tradestore.errors import (
 from tradestore.models.base import TradestoreModel, UtcDatetime
 from tradestore.operations.result import JobResult, Stopwatch
 from tradestore.settings import Settings
-from tradestore.timeseries.connection import UNREACHABLE, connection, unavailable
+from tradestore.timeseries.connection import UNREACHABLE, connection, failure
 from tradestore.timeseries.schema import TABLES
 
 ExportFormat = Literal["csv", "parquet"]
@@ -94,7 +94,7 @@ async def count_rows(settings: Settings, request: ExportRequest) -> int:
         try:
             count = await conn.fetchval(request.query("count()"))
         except UNREACHABLE as error:
-            raise unavailable(settings, error) from error
+            raise failure(settings, error) from error
     return int(count)
 
 

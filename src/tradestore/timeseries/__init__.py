@@ -5,7 +5,8 @@ from tradestore.timeseries.queries import Interval, MevSummary, PnlBucket, TimeS
 from tradestore.timeseries.retention import enforce_retention
 from tradestore.timeseries.rows import TimeSeriesRow
 from tradestore.timeseries.schema import apply_schema
-from tradestore.timeseries.store import TimeSeriesStore
+from tradestore.timeseries.store import TimeSeriesHealth, TimeSeriesStore
+from tradestore.timeseries.wal import WalTable, wal_tables
 from tradestore.timeseries.writer import Receipt, TimeSeriesWriter, WriterStats
 
 __all__ = [
@@ -14,12 +15,15 @@ __all__ = [
     "PnlBucket",
     "Receipt",
     "TimeSeriesAudit",
+    "TimeSeriesHealth",
     "TimeSeriesQueries",
     "TimeSeriesRow",
     "TimeSeriesStore",
     "TimeSeriesWriter",
     "WalState",
+    "WalTable",
     "WriterStats",
     "apply_schema",
     "enforce_retention",
+    "wal_tables",
 ]

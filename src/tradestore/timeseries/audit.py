@@ -14,8 +14,8 @@ from typing import Literal
 from uuid import UUID
 
 from tradestore.errors import FieldProblem, InvalidInputError
+from tradestore.models.base import UtcDatetime, validate_arguments
 from tradestore.timeseries.connection import QueryPool
-from tradestore.timeseries.queries import _bounds
 
 IdTable = Literal["trades", "mev_events"]
 _ID_TABLES: frozenset[str] = frozenset(("trades", "mev_events"))
@@ -55,8 +55,9 @@ class TimeSeriesAudit:
             for row in rows
         ]
 
+    @validate_arguments
     async def ids(
-        self, table: IdTable, trader_id: UUID, start: datetime, end: datetime
+        self, table: IdTable, trader_id: UUID, start: UtcDatetime, end: UtcDatetime
     ) -> list[UUID]:
         """Every row id of one trader in [start, end] of ``trades`` or ``mev_events``; a row
         stored twice shows twice."""
@@ -64,7 +65,8 @@ class TimeSeriesAudit:
             raise InvalidInputError(
                 "audit query", [FieldProblem("table", f"one of {sorted(_ID_TABLES)}")]
             )
-        low, high = _bounds(start, end)
+        # Validated as UTC: the naive values QuestDB's TIMESTAMP parameters take.
+        low, high = start.replace(tzinfo=None), end.replace(tzinfo=None)
         rows = await self._pool.fetch(
             f"SELECT id FROM {table} WHERE trader_id = $1"  # noqa: S608 - table is one of two
             " AND timestamp >= $2 AND timestamp <= $3",
@@ -74,11 +76,13 @@ class TimeSeriesAudit:
         )
         return [row["id"] for row in rows]
 
+    @validate_arguments
     async def position_keys(
-        self, trader_id: UUID, start: datetime, end: datetime
+        self, trader_id: UUID, start: UtcDatetime, end: UtcDatetime
     ) -> list[tuple[datetime, str]]:
         """(timestamp, token) of every position row of one trader in [start, end]."""
-        low, high = _bounds(start, end)
+        # Validated as UTC: the naive values QuestDB's TIMESTAMP parameters take.
+        low, high = start.replace(tzinfo=None), end.replace(tzinfo=None)
         rows = await self._pool.fetch(
             "SELECT timestamp, token FROM positions WHERE trader_id = $1"
             " AND timestamp >= $2 AND timestamp <= $3",

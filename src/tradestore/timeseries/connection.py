@@ -1,6 +1,8 @@
 """PostgreSQL-wire connections to QuestDB, for schema changes and queries.
 
 The driver stays in this module: callers get rows as plain mappings and tradestore's errors.
+Every wait is bounded by the settings (``connect_timeout_s``, ``query_timeout_s``), even against a
+server that accepts connections but never answers (a stopped process).
 """
 
 from __future__ import annotations
@@ -8,34 +10,38 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar, cast
+from typing import Any, TypeAlias, TypeVar, cast
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from tradestore.errors import ConfigError, StoreUnavailableError
 from tradestore.settings import Settings
 
 T = TypeVar("T")
 Row = Mapping[str, Any]
+Pooled: TypeAlias = "PoolConnectionProxy[Any]"
 
-UNREACHABLE = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+UNREACHABLE = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+)
 
 
-def unavailable(settings: Settings, error: BaseException) -> StoreUnavailableError:
-    reason = str(error) or type(error).__name__
-    return StoreUnavailableError(f"QuestDB at {settings.questdb.dsn()} did not answer: {reason}")
-
-
-def _connect_failure(
-    settings: Settings, error: BaseException
-) -> ConfigError | StoreUnavailableError:
+def failure(settings: Settings, error: BaseException) -> ConfigError | StoreUnavailableError:
     """A refused login is a configuration problem; anything else means QuestDB is not there.
 
     QuestDB refuses a bad password with SQLSTATE 00000 and only a message to tell it by.
     """
+    where = settings.questdb.dsn()
     if isinstance(error, asyncpg.PostgresError) and "invalid username/password" in str(error):
-        return ConfigError(f"QuestDB at {settings.questdb.dsn()} refused the login: {error}")
-    return unavailable(settings, error)
+        return ConfigError(f"QuestDB at {where} refused the login: {error}")
+    return StoreUnavailableError(
+        f"QuestDB at {where} did not answer: {str(error) or type(error).__name__}"
+    )
 
 
 @asynccontextmanager
@@ -44,53 +50,73 @@ async def connection(settings: Settings) -> AsyncIterator[asyncpg.Connection]:
     try:
         conn = await asyncpg.connect(**settings.questdb.connect_arguments())
     except UNREACHABLE as error:
-        raise _connect_failure(settings, error) from error
+        raise failure(settings, error) from error
     try:
         yield conn
     finally:
-        await conn.close()
+        try:
+            await conn.close(timeout=settings.questdb.connect_timeout_s)
+        except UNREACHABLE:
+            conn.terminate()  # QuestDB did not answer the goodbye: just drop the socket
 
 
 class QueryPool:
-    """A small pool of PG-wire connections, opened on first use unless opened eagerly.
+    """A small pool of PG-wire connections, each made on first need: none is held open while
+    QuestDB is away (no reconnect loop, no log noise), and ``open`` proves QuestDB answers.
 
-    Every query has the settings' timeout; a query that cannot reach QuestDB, or takes longer,
-    raises StoreUnavailableError. Rows are returned as read-only mappings.
+    Each call (getting a connection, the query, handing it back) has ``query_timeout_s`` in
+    all; a call that cannot reach QuestDB, or takes longer, raises StoreUnavailableError, a
+    refused login ConfigError. Rows are returned as read-only mappings.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, size: int | None = None) -> None:
         self._settings = settings
+        self._size = size or settings.questdb.query_pool_size
         self._pool: asyncpg.Pool | None = None
-        self._opening = asyncio.Lock()
+        self._creating = asyncio.Lock()
 
     async def open(self) -> None:
-        if self._pool is not None:
-            return
-        async with self._opening:
-            if self._pool is None:
-                try:
-                    self._pool = await asyncpg.create_pool(
-                        **self._settings.questdb.connect_arguments(),
-                        min_size=1,
-                        max_size=self._settings.questdb.query_pool_size,
-                    )
-                except UNREACHABLE as error:
-                    raise _connect_failure(self._settings, error) from error
+        """Check now that QuestDB answers, rather than on the first query."""
+        await self.fetch("SELECT 1")
 
     async def close(self) -> None:
+        """Close gracefully if QuestDB answers in time, else drop the connections."""
         pool, self._pool = self._pool, None
-        if pool is not None:
-            await pool.close()
-
-    async def _run(self, call: Callable[[asyncpg.Pool], Awaitable[T]]) -> T:
-        if self._pool is None:
-            await self.open()
-        assert self._pool is not None  # noqa: S101 - open() set it or raised
+        if pool is None:
+            return
         try:
-            return await call(self._pool)
+            await asyncio.wait_for(pool.close(), self._settings.questdb.connect_timeout_s)
+        except TimeoutError:
+            pool.terminate()
+
+    async def _ready(self) -> asyncpg.Pool:
+        async with self._creating:
+            if self._pool is None:  # connects nothing: min_size=0
+                self._pool = await asyncpg.create_pool(
+                    **self._settings.questdb.connect_arguments(), min_size=0, max_size=self._size
+                )
+            return self._pool
+
+    async def _run(self, call: Callable[[Pooled], Awaitable[T]]) -> T:
+        pool = self._pool or await self._ready()
+        try:
+            async with asyncio.timeout(self._settings.questdb.query_timeout_s):
+                conn = await pool.acquire()
+                try:
+                    return await call(conn)
+                except BaseException:
+                    # Never hand back a connection in an unknown state: the reset it would get
+                    # is a round trip a stopped server never answers.
+                    conn.terminate()
+                    raise
+                finally:
+                    await pool.release(conn)
         except UNREACHABLE as error:
-            raise unavailable(self._settings, error) from error
+            raise failure(self._settings, error) from error
 
     async def fetch(self, query: str, *args: object) -> Sequence[Row]:
-        rows = await self._run(lambda pool: pool.fetch(query, *args))
+        rows = await self._run(lambda conn: conn.fetch(query, *args))
         return cast(Sequence[Row], rows)
+
+    async def execute(self, command: str, *args: object) -> None:
+        await self._run(lambda conn: conn.execute(command, *args))

@@ -1,7 +1,9 @@
 """Reads over QuestDB's PostgreSQL wire; every value is a bound parameter.
 
-``SAMPLE BY`` takes no parameter, so its interval is chosen from a fixed set of SQL literals,
-never built from caller text.
+Every public query checks its arguments against its annotations, strictly, before anything is
+sent: a string limit, a string or naive start time, a trader id that is not a UUID raise
+``InvalidInputError``. ``SAMPLE BY`` takes no parameter, so its interval is chosen from a fixed
+set of SQL literals, never built from caller text.
 """
 
 from __future__ import annotations
@@ -9,18 +11,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Context, Decimal
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from tradestore.errors import FieldProblem, InvalidInputError
+from pydantic import Field
+
 from tradestore.models import Position, Trade, TradeAction, TradingMode
+from tradestore.models.base import UtcDatetime, validate_arguments
 from tradestore.observability.latency import timed
 from tradestore.timeseries.connection import QueryPool, Row
 from tradestore.timeseries.schema import POSITIONS, TRADES
 
 Interval = Literal["1m", "5m", "15m", "1h", "4h", "1d"]
-INTERVALS: frozenset[str] = frozenset(get_args(Interval))
 MAX_TRADES = 10_000
+Limit = Annotated[int, Field(ge=1, le=MAX_TRADES)]
 NOTIONAL_DECIMALS = 18
 _QUANTUM = Decimal(1).scaleb(-NOTIONAL_DECIMALS)
 _ONE = Decimal(1)
@@ -64,14 +68,9 @@ def _utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC)
 
 
-def _bounds(start: datetime, end: datetime) -> tuple[datetime, datetime]:
-    """Aware instants as the naive UTC values the server's TIMESTAMP parameters take."""
-    naive = [name for name, value in (("start", start), ("end", end)) if value.utcoffset() is None]
-    if naive:
-        raise InvalidInputError(
-            "query", [FieldProblem(name, "timestamp must be timezone-aware") for name in naive]
-        )
-    return start.astimezone(UTC).replace(tzinfo=None), end.astimezone(UTC).replace(tzinfo=None)
+def _naive(instant: datetime) -> datetime:
+    """A UTC instant (arguments were converted) as the naive value TIMESTAMP parameters take."""
+    return instant.replace(tzinfo=None)
 
 
 def _stored(row: Row) -> dict[str, Any]:
@@ -112,10 +111,9 @@ class TimeSeriesQueries:
         self._pool = pool
 
     @timed("questdb", "query.last_trades")
-    async def last_trades(self, trader_id: UUID, limit: int = 1000) -> list[Trade]:
+    @validate_arguments
+    async def last_trades(self, trader_id: UUID, limit: Limit = 1000) -> list[Trade]:
         """The trader's newest trades, newest first."""
-        if not 1 <= limit <= MAX_TRADES:
-            raise InvalidInputError("query", [FieldProblem("limit", f"must be 1..{MAX_TRADES}")])
         rows = await self._pool.fetch(
             f"SELECT {_TRADE_FIELDS} FROM trades WHERE trader_id = $1"  # noqa: S608
             " ORDER BY timestamp DESC LIMIT $2",
@@ -125,18 +123,16 @@ class TimeSeriesQueries:
         return [_trade(row) for row in rows]
 
     @timed("questdb", "query.pnl_by_interval")
+    @validate_arguments
     async def pnl_by_interval(
         self,
-        start: datetime,
-        end: datetime,
+        start: UtcDatetime,
+        end: UtcDatetime,
         interval: Interval = "1h",
         trader_id: UUID | None = None,
     ) -> list[PnlBucket]:
         """Cash-basis realised PnL, volume and fees per trader per interval in [start, end)."""
-        start, end = _bounds(start, end)
-        if interval not in INTERVALS:
-            raise InvalidInputError("query", [FieldProblem("interval", f"one of {INTERVALS}")])
-        rows = await self._pool.fetch(  # interval is one of INTERVALS, checked above
+        rows = await self._pool.fetch(  # interval is one of Interval's literals, checked
             "SELECT timestamp, trader_id,"  # noqa: S608
             " sum(CASE WHEN action = 'sell' THEN amount * price END) sells,"
             " sum(CASE WHEN action = 'buy' THEN amount * price END) buys,"
@@ -144,8 +140,8 @@ class TimeSeriesQueries:
             " FROM trades WHERE timestamp >= $1 AND timestamp < $2"
             " AND ($3::STRING IS NULL OR trader_id = $3)"
             f" SAMPLE BY {interval} ALIGN TO CALENDAR ORDER BY timestamp, trader_id",
-            start,
-            end,
+            _naive(start),
+            _naive(end),
             None if trader_id is None else str(trader_id),
         )
         return [
@@ -164,6 +160,7 @@ class TimeSeriesQueries:
         ]
 
     @timed("questdb", "query.latest_positions")
+    @validate_arguments
     async def latest_positions(self, trader_id: UUID | None = None) -> list[Position]:
         """The newest position of each (trader, token), one trader or all."""
         rows = await self._pool.fetch(
@@ -175,19 +172,19 @@ class TimeSeriesQueries:
         return [Position.model_construct(**_stored(row)) for row in rows]
 
     @timed("questdb", "query.mev_summary")
+    @validate_arguments
     async def mev_summary(
-        self, start: datetime, end: datetime, trader_id: UUID | None = None
+        self, start: UtcDatetime, end: UtcDatetime, trader_id: UUID | None = None
     ) -> list[MevSummary]:
         """Per trader over [start, end): how often MEV threatened, how often it was avoided."""
-        start, end = _bounds(start, end)
         rows = await self._pool.fetch(
             "SELECT trader_id, count() events, sum(CASE WHEN avoided THEN 1 ELSE 0 END) avoided,"
             " avg(sandwich_probability) probability, avg(estimated_loss_bps) loss_bps,"
             " sum(priority_fee) fees FROM mev_events"
             " WHERE timestamp >= $1 AND timestamp < $2"
             " AND ($3::STRING IS NULL OR trader_id = $3) ORDER BY trader_id",
-            start,
-            end,
+            _naive(start),
+            _naive(end),
             None if trader_id is None else str(trader_id),
         )
         return [

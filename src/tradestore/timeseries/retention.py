@@ -12,15 +12,17 @@ from collections.abc import Iterable
 
 from tradestore.settings import Settings
 from tradestore.timeseries.connection import connection
-from tradestore.timeseries.schema import RETENTION_DAYS, TABLES, Table
+from tradestore.timeseries.schema import TABLES, Table
 
 _FLOOR_UNIT = {"DAY": "d", "HOUR": "h"}
 
 
 async def enforce_retention(
-    settings: Settings, *, days: int = RETENTION_DAYS, tables: Iterable[Table] = TABLES
+    settings: Settings, *, days: int | None = None, tables: Iterable[Table] = TABLES
 ) -> list[str]:
-    """Drop whole partitions older than ``days``; return the tables it ran on."""
+    """Drop whole partitions older than ``days`` (default: the settings' ``retention_days``, the
+    window the writer accepts); return the tables it ran on."""
+    days = settings.questdb.retention_days if days is None else days
     done: list[str] = []
     async with connection(settings) as conn:
         for table in tables:

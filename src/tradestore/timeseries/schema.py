@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from tradestore.settings import Settings
 from tradestore.timeseries.connection import connection
 
-RETENTION_DAYS = 30
 LEDGER = "tradestore_schema_versions"
 MONEY = "DECIMAL(56, 18)"
 """Every value ``Money`` accepts (38 digits, 18 of them decimals) fits exactly."""

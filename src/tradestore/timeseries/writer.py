@@ -1,35 +1,61 @@
 """One asyncio batch writer for the four time series tables.
 
-Rows are encoded into one open batch per table on the event loop. A flusher task seals the open
-batches every ``flush_interval_s`` (sooner once a batch holds ``flush_rows``) and sends each, one
-table per HTTP request so that each request is one QuestDB transaction, from a single worker
-thread that owns the only ``Sender``: the client is not thread-safe, and releases the GIL while
-it waits on the network. A failed send is retried, with backoff, until it succeeds; rows carry
-their own timestamps and the tables deduplicate on (timestamp, identity), so a batch sent twice
-is stored once. While QuestDB is away batches keep growing up to ``max_pending_bytes``; past it,
-``write`` waits (backpressure) instead of dropping anything.
+Accepting: ``write``/``write_many`` check every row of a call first (``rows.check``: validated,
+its timestamp inside the window, storable) and then accept all of them or none. Accepted rows
+are encoded into their table's open batch on the event loop.
+
+Sending: each table has a lane of its own: a task that seals the table's batch every
+``flush_interval_s`` (sooner once it holds ``flush_rows``) and sends it as one HTTP request, one
+QuestDB transaction, from the lane's worker thread, which owns the lane's only ``Sender`` (the
+client is not thread-safe, and releases the GIL while it waits on the network). A table whose
+batch is being retried or split never holds up another table.
+
+Failures: connection errors, timeouts and server errors are retried with exponential backoff
+until they succeed; rows carry their own timestamps and the tables deduplicate, so a batch sent
+twice is stored once. A batch QuestDB refuses as malformed (HTTP 4xx) is split in halves until
+each refused row stands alone: those go to the dead-letter file with the server's reason and
+fail their receipts, the rest are written. While QuestDB is away batches grow up to
+``max_pending_bytes``; past it, ``write`` waits (backpressure) instead of dropping anything.
+
+A receipt resolves once QuestDB committed its rows to the table's WAL; ``Receipt.visible()`` and
+``flush(visible=True)`` wait until QuestDB applied them and queries see them (``WalWatch``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import os
+import re
 import statistics
-import threading
 import time
 from collections import deque
-from collections.abc import Generator, Iterable
+from collections.abc import Generator, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Self
 
-from questdb import Sender
+from questdb import QuestDBError, QuestDBErrorCode, Sender
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential
 
-from tradestore.errors import StoreUnavailableError, WriterClosedError
+from tradestore.errors import RowsRejectedError, StoreUnavailableError, WriterClosedError
 from tradestore.observability.latency import acknowledged, timed
 from tradestore.settings import QuestDBSettings, Settings
-from tradestore.timeseries.rows import Buffer, TimeSeriesRow, append_row, table_of
+from tradestore.timeseries.rows import (
+    ENCODERS,
+    Buffer,
+    Encoder,
+    TimeSeriesRow,
+    Window,
+    append_row,
+    check_all,
+    table_of,
+)
+from tradestore.timeseries.wal import WalWatch
 
 log = logging.getLogger(__name__)
 
@@ -37,13 +63,17 @@ PROTOCOL_VERSION = 3
 """ILP v3 carries DECIMAL; pinned so that creating a sender never needs the server."""
 LATENCY_SAMPLES = 1024
 YIELD_EVERY_ROWS = 512
-"""A producer that never awaits anything else still lets the flusher run this often."""
+"""A producer that never awaits anything else still lets the lanes run this often."""
+_REFUSED = re.compile(r'"?code"?:\s*"?(?:invalid|not supported|request too large)\b')
+"""QuestDB's codes for HTTP 400, 413 and 415: the request's rows themselves are at fault."""
 
 
 @dataclass(frozen=True, slots=True)
 class WriterStats:
     rows_accepted: int
     rows_written: int
+    rows_rejected: int
+    """Rows QuestDB refused as malformed, now in the dead-letter file."""
     batches_written: int
     retries: int
     queue_depth: int
@@ -54,46 +84,126 @@ class WriterStats:
     flush_latency_p99_ms: float | None
     flush_latency_max_ms: float | None
     last_error: str | None
+    suspended_tables: tuple[str, ...]
+    """Tables whose WAL QuestDB suspended (committed rows not visible) at the last look."""
+    wal_resumes: int
 
 
-class Receipt:
-    """Awaitable: resolves once QuestDB has committed every row it covers."""
-
-    __slots__ = ("_futures",)
-
-    def __init__(self, futures: Iterable[asyncio.Future[None]]) -> None:
-        self._futures = tuple(dict.fromkeys(futures))
-
-    def done(self) -> bool:
-        return all(future.done() for future in self._futures)
-
-    def __await__(self) -> Generator[Any, None, None]:
-        return self._wait().__await__()
-
-    async def _wait(self) -> None:
-        # Shielded: one caller giving up must not cancel a batch other callers wait on.
-        for future in self._futures:
-            await asyncio.shield(future)
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    committed_at: float
+    """``time.monotonic()`` once QuestDB acknowledged the last of the batch."""
+    rejected: Mapping[int, tuple[TimeSeriesRow, str]]
+    """Index in the batch -> the row QuestDB refused and its reason."""
 
 
 @dataclass(slots=True)
 class _Batch:
     table: str
     buffer: Buffer
-    ack: asyncio.Future[None]
-    rows: int = 0
+    ack: asyncio.Future[_Outcome]
+    rows: list[TimeSeriesRow] = field(default_factory=list)
+    """Kept until acknowledged, to split the batch if QuestDB refuses it."""
     size: int = 0
     created_ns: int = field(default_factory=time.perf_counter_ns)
+    """When its first row was accepted: write-to-acknowledged is measured from here."""
 
 
-class _Aborted(Exception):
-    """close() gave up on QuestDB; raised in the worker to stop retrying."""
+@dataclass(slots=True)
+class _Part:
+    """The rows of one receipt within one batch: indexes first .. end-1."""
+
+    table: str
+    ack: asyncio.Future[_Outcome]
+    first: int
+    end: int
+
+
+class Receipt:
+    """Awaitable: resolves once QuestDB has committed every row it covers to its table's WAL
+    (durable; queries see the rows once QuestDB applies the WAL, typically milliseconds later:
+    ``visible()`` waits for that too).
+
+    Raises ``RowsRejectedError`` (an ``InvalidInputError``) when QuestDB refused some of its rows
+    as malformed (the others are written), and ``StoreUnavailableError`` when ``close`` gave up.
+    """
+
+    __slots__ = ("_dead_letters", "_parts", "_watch")
+
+    def __init__(self, parts: Sequence[_Part], watch: WalWatch, dead_letters: Path) -> None:
+        self._parts = parts
+        self._watch = watch
+        self._dead_letters = dead_letters
+
+    def done(self) -> bool:
+        return all(part.ack.done() for part in self._parts)
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return self._committed().__await__()
+
+    async def visible(self) -> None:
+        """Wait until queries see every row: committed, then applied by QuestDB. While a table
+        is suspended this waits for the writer to resume it."""
+        latest: dict[str, float] = {}
+        for part, outcome in await self._outcomes():
+            latest[part.table] = max(outcome.committed_at, latest.get(part.table, 0.0))
+        for table, committed_at in latest.items():
+            await self._watch.until_visible(table, committed_at)
+
+    async def _outcomes(self) -> list[tuple[_Part, _Outcome]]:
+        # Shielded: one caller giving up must not cancel a batch other callers wait on.
+        outcomes = [(part, await asyncio.shield(part.ack)) for part in self._parts]
+        rejected = [
+            refused
+            for part, outcome in outcomes
+            for index, refused in outcome.rejected.items()
+            if part.first <= index < part.end
+        ]
+        if rejected:
+            raise RowsRejectedError(rejected, self._dead_letters)
+        return outcomes
+
+    async def _committed(self) -> None:
+        await self._outcomes()
+
+
+class _Refused(Exception):
+    """QuestDB refused a request's rows as malformed; carries the server's response."""
+
+
+def _transient(error: BaseException) -> bool:
+    """Worth another try: anything but a refusal (and never a cancellation)."""
+    return isinstance(error, Exception) and not isinstance(error, _Refused)
+
+
+def _refusal(error: BaseException) -> str | None:
+    """The server's response when it refused the rows themselves (HTTP 4xx), else None."""
+    if not isinstance(error, QuestDBError) or error.code != QuestDBErrorCode.ServerFlushError:
+        return None
+    response = str(error).removeprefix("Could not flush buffer: ")
+    return response if _REFUSED.search(response) else None
+
+
+@dataclass(slots=True)
+class _Lane:
+    """One table's batches, sent in order by its own task from its own worker thread."""
+
+    table: str
+    executor: ThreadPoolExecutor
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    sealed: _Batch | None = None
+    sender: Sender | None = None
+    """Touched only on the lane's worker thread."""
+    committed_at: float | None = None
+    """``time.monotonic()`` when QuestDB last acknowledged a batch of this table."""
+    task: asyncio.Task[None] | None = None
 
 
 @dataclass(slots=True)
 class _Counters:
     rows_accepted: int = 0
     rows_written: int = 0
+    rows_rejected: int = 0
     batches_written: int = 0
     retries: int = 0
     pending_bytes: int = 0
@@ -108,41 +218,49 @@ def _new_sender(conf: str) -> Sender:
     return sender
 
 
+def _drop_sender(lane: _Lane) -> None:
+    sender, lane.sender = lane.sender, None
+    if sender is not None:
+        try:
+            sender.close(flush=False)
+        except Exception as error:  # a broken sender is discarded anyway
+            log.debug("closing a failed QuestDB sender: %s", error)
+
+
 class TimeSeriesWriter:
     """Reached as ``TimeSeriesStore.writer``; tuned by the ``questdb`` settings (flush interval,
-    flush rows, memory bound, retry delays, request timeout)."""
+    flush rows, memory bound, retry delays, request timeout, time window, dead-letter file)."""
 
     def __init__(self, settings: Settings) -> None:
         self.config: QuestDBSettings = settings.questdb
+        self.dead_letters = settings.data_dir / self.config.dead_letter_file
         self._conf = (
             self.config.ilp_conf()
             + f"auto_flush=off;protocol_version={PROTOCOL_VERSION};retry_timeout=0;"
             + f"request_timeout={int(self.config.request_timeout_s * 1000)};"
         )
+        self._watch = WalWatch(settings)
         # Before every send: the credentials go only to the local stack's own QuestDB.
         self._server_check = self.config.server_check(self.config.http_port)
         self._counters = _Counters()
+        self._lanes: dict[str, _Lane] = {}
         self._open: dict[str, _Batch] = {}
-        self._sealed: list[_Batch] = []
+        """Each table's batch still taking rows; its lane seals it."""
         self._spare: list[Buffer] = []
         self._factory: Sender | None = None
-        self._sender: Sender | None = None
-        self._executor: ThreadPoolExecutor | None = None
-        self._flusher: asyncio.Task[None] | None = None
-        self._wake = asyncio.Event()
         self._space = asyncio.Event()
-        self._abort = threading.Event()
+        self._started = False
         self._closing = False
         self._closed = False
 
     async def start(self) -> None:
-        """Start the flusher; needs no server, so a writer can start while QuestDB is down."""
-        if self._flusher is not None:
+        """Start watching the WAL; needs no server, so a writer can start while QuestDB is down."""
+        if self._started:
             return
         # A sender that never sends: the public way to make buffers of the right protocol.
         self._factory = _new_sender(self._conf)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="questdb-writer")
-        self._flusher = asyncio.get_running_loop().create_task(self._run(), name="questdb-flush")
+        self._watch.start()
+        self._started = True
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -157,22 +275,49 @@ class TimeSeriesWriter:
 
     @timed("questdb", "write")
     async def write_many(self, rows: Iterable[TimeSeriesRow]) -> Receipt:
-        """Accept rows in order. A bad row raises; the rows before it stay accepted, and
-        ``flush()`` waits for them."""
-        acks: list[asyncio.Future[None]] = []
-        for row in rows:
-            ack = self._try_accept(row)
-            if ack is None or self._counters.rows_accepted % YIELD_EVERY_ROWS == 0:
-                ack = await self._settle(row, ack)
-            if not acks or ack is not acks[-1]:
-                acks.append(ack)
-        return Receipt(acks)
+        """Accept every row or none: all are checked before any is accepted, so a bad row raises
+        ``InvalidInputError`` and nothing of the call is written. May wait (backpressure)."""
+        self._require_open()
+        checked = check_all(rows, Window.now(self.config))
+        parts: list[_Part] = []
+        by_batch: dict[asyncio.Future[_Outcome], _Part] = {}
+        batch: _Batch | None = None
+        part: _Part | None = None
+        for row in checked:
+            table, encode = ENCODERS[type(row)]  # checked: one of the four models
+            accepted = self._try_accept(row, table, encode)
+            if accepted is None or self._counters.rows_accepted % YIELD_EVERY_ROWS == 0:
+                accepted = await self._settle(row, table, encode, accepted)
+                batch = None  # others may have written meanwhile: check the index again
+            if accepted is batch and part is not None:
+                part.end += 1  # the common case: right after the previous row, same batch
+                continue
+            batch, index = accepted, len(accepted.rows) - 1
+            part = by_batch.get(batch.ack)
+            if part is not None and part.end == index:
+                part.end += 1
+            else:
+                part = by_batch[batch.ack] = _Part(table, batch.ack, index, index + 1)
+                parts.append(part)
+        return Receipt(parts, self._watch, self.dead_letters)
 
-    async def flush(self) -> None:
-        """Wait until every row accepted so far is acknowledged."""
-        pending = [batch.ack for batch in (*self._sealed, *self._open.values()) if batch.rows]
-        self._wake.set()
-        await Receipt(pending)
+    async def flush(self, *, visible: bool = False) -> None:
+        """Wait until every row accepted so far is committed, and with ``visible=True`` until
+        queries see it. Refused rows do not fail a flush: their own receipts report them."""
+        batches = [
+            batch
+            for lane in self._lanes.values()
+            for batch in (lane.sealed, self._open.get(lane.table))
+            if batch is not None
+        ]
+        for lane in self._lanes.values():
+            lane.wake.set()
+        for batch in batches:
+            await asyncio.shield(batch.ack)
+        if visible:
+            for lane in list(self._lanes.values()):
+                if lane.committed_at is not None:
+                    await self._watch.until_visible(lane.table, lane.committed_at)
 
     def stats(self) -> WriterStats:
         counters = self._counters
@@ -186,15 +331,18 @@ class TimeSeriesWriter:
         return WriterStats(
             rows_accepted=counters.rows_accepted,
             rows_written=counters.rows_written,
+            rows_rejected=counters.rows_rejected,
             batches_written=counters.batches_written,
             retries=counters.retries,
-            queue_depth=counters.rows_accepted - counters.rows_written,
+            queue_depth=counters.rows_accepted - counters.rows_written - counters.rows_rejected,
             pending_bytes=counters.pending_bytes,
             peak_pending_bytes=counters.peak_pending_bytes,
             flush_latency_p50_ms=p50,
             flush_latency_p99_ms=p99,
             flush_latency_max_ms=latencies[-1] if latencies else None,
             last_error=counters.last_error,
+            suspended_tables=self._watch.suspended,
+            wal_resumes=self._watch.resumes,
         )
 
     async def close(self, timeout_s: float | None = None) -> None:
@@ -202,21 +350,24 @@ class TimeSeriesWriter:
         if self._closed:
             return
         self._closing = True
-        self._wake.set()
+        for lane in self._lanes.values():
+            lane.wake.set()
         try:
-            if self._flusher is not None:
-                await self._drain(self._flusher, timeout_s)
+            await self._drain(timeout_s)
         finally:
             self._closed = True
             self._space.set()
-            await self._shutdown_worker()
+            await self._watch.close()
+            await self._shutdown()
 
-    async def _drain(self, flusher: asyncio.Task[None], timeout_s: float | None) -> None:
+    async def _drain(self, timeout_s: float | None) -> None:
+        tasks = [lane.task for lane in self._lanes.values() if lane.task is not None]
         try:
-            await asyncio.wait_for(asyncio.shield(flusher), timeout_s)
+            await asyncio.wait_for(asyncio.shield(asyncio.gather(*tasks)), timeout_s)
         except TimeoutError:
-            self._abort.set()
-            await asyncio.gather(flusher, return_exceptions=True)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             lost = self._fail_unwritten()
             raise StoreUnavailableError(
                 f"QuestDB did not acknowledge {lost} accepted row(s) within {timeout_s} s; "
@@ -226,127 +377,212 @@ class TimeSeriesWriter:
     def _fail_unwritten(self) -> int:
         """Fail the receipts of rows that will never be written; return how many rows."""
         lost = 0
-        for batch in (*self._sealed, *self._open.values()):
-            if not batch.ack.done():
-                lost += batch.rows
-                batch.ack.set_exception(
-                    StoreUnavailableError(
-                        f"{batch.rows} row(s) for {batch.table} never reached QuestDB"
+        for lane in self._lanes.values():
+            for batch in (lane.sealed, self._open.get(lane.table)):
+                if batch is not None and not batch.ack.done():
+                    lost += len(batch.rows)
+                    batch.ack.set_exception(
+                        StoreUnavailableError(
+                            f"{len(batch.rows)} row(s) for {batch.table} never reached QuestDB"
+                        )
                     )
-                )
-                batch.ack.exception()  # marked retrieved: close() reports the loss itself
+                    batch.ack.exception()  # marked retrieved: close() reports the loss itself
         return lost
 
-    def _try_accept(self, row: TimeSeriesRow) -> asyncio.Future[None] | None:
-        """Encode the row into its table's open batch; None when the memory bound is reached."""
-        if self._closing or self._flusher is None:
+    def _require_open(self) -> None:
+        if self._closing or not self._started:
             raise WriterClosedError("the time series writer is closed or not started")
-        table, encode = table_of(row)
+
+    def _try_accept(self, row: TimeSeriesRow, table: str, encode: Encoder) -> _Batch | None:
+        """Encode a checked row as the last of its table's open batch, and return that batch;
+        None while the memory bound is reached."""
+        if self._closing:
+            raise WriterClosedError("the time series writer is closed")
         counters = self._counters
         if counters.pending_bytes >= self.config.max_pending_bytes:
             return None
         batch = self._open.get(table) or self._new_batch(table)
-        before = batch.size
         append_row(batch.buffer, row, encode)
-        batch.size = len(batch.buffer)
-        batch.rows += 1
+        batch.rows.append(row)
+        before, batch.size = batch.size, len(batch.buffer)
         counters.rows_accepted += 1
         counters.pending_bytes += batch.size - before
-        counters.peak_pending_bytes = max(counters.peak_pending_bytes, counters.pending_bytes)
-        if batch.rows >= self.config.flush_rows:
-            self._wake.set()
-        return batch.ack
+        if counters.pending_bytes > counters.peak_pending_bytes:  # noqa: PLR1730 - no call per row
+            counters.peak_pending_bytes = counters.pending_bytes
+        if len(batch.rows) >= self.config.flush_rows:
+            self._lanes[table].wake.set()
+        return batch
 
     async def _settle(
-        self, row: TimeSeriesRow, ack: asyncio.Future[None] | None
-    ) -> asyncio.Future[None]:
-        """The slow path: wait for room for a row not yet accepted, and let the flusher run."""
-        while ack is None:
+        self, row: TimeSeriesRow, table: str, encode: Encoder, batch: _Batch | None
+    ) -> _Batch:
+        """The slow path: wait for room for a row not yet accepted, and let the lanes run."""
+        while batch is None:
             self._space.clear()
-            self._wake.set()
+            for lane in self._lanes.values():
+                lane.wake.set()
             await self._space.wait()
-            ack = self._try_accept(row)
+            batch = self._try_accept(row, table, encode)
         await asyncio.sleep(0)
-        return ack
+        return batch
+
+    def _new_lane(self, table: str) -> _Lane:
+        lane = _Lane(table, ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"qdb-{table}"))
+        lane.task = asyncio.get_running_loop().create_task(self._run(lane), name=f"questdb-{table}")
+        self._lanes[table] = lane
+        return lane
 
     def _new_batch(self, table: str) -> _Batch:
-        assert self._factory is not None  # noqa: S101 - set by start(), checked in _accept
-        buffer = self._spare.pop() if self._spare else self._factory.new_buffer()
-        loop = asyncio.get_running_loop()
-        batch = _Batch(table, buffer, loop.create_future())
+        if table not in self._lanes:
+            self._new_lane(table)
+        batch = _Batch(table, self._buffer(), asyncio.get_running_loop().create_future())
         self._open[table] = batch
         return batch
 
-    async def _run(self) -> None:
+    def _buffer(self) -> Buffer:
+        assert self._factory is not None  # noqa: S101 - set by start(), checked on accept
+        return self._spare.pop() if self._spare else self._factory.new_buffer()
+
+    async def _run(self, lane: _Lane) -> None:
         while True:
-            if not (self._wake.is_set() or self._closing):
+            if not (lane.wake.is_set() or self._closing):
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.config.flush_interval_s)
-            self._wake.clear()
-            self._sealed = [batch for batch in self._open.values() if batch.rows]
-            for batch in self._sealed:
-                del self._open[batch.table]
-            for batch in self._sealed:
-                await self._send(batch)
-            self._sealed = []
-            if self._closing and not any(batch.rows for batch in self._open.values()):
+                    await asyncio.wait_for(lane.wake.wait(), self.config.flush_interval_s)
+            lane.wake.clear()
+            batch = self._open.pop(lane.table, None)
+            if batch is not None:
+                lane.sealed = batch
+                await self._deliver(lane, batch)
+                lane.sealed = None
+            if self._closing and lane.table not in self._open:
                 return
 
-    async def _send(self, batch: _Batch) -> None:
-        loop = asyncio.get_running_loop()
-        latency_ms = await loop.run_in_executor(self._executor, self._send_blocking, batch)
+    async def _deliver(self, lane: _Lane, batch: _Batch) -> None:
+        rejected: dict[int, tuple[TimeSeriesRow, str]] = {}
+        started = time.perf_counter()
+        try:
+            latency_ms = await self._send(lane, batch.buffer, len(batch.rows))
+        except _Refused as refused:
+            await self._isolate(lane, batch.rows, 0, str(refused), rejected)
+            latency_ms = (time.perf_counter() - started) * 1000
+        else:
+            self._counters.latencies_ms.append(latency_ms)
         counters = self._counters
-        counters.rows_written += batch.rows
+        counters.rows_written += len(batch.rows) - len(rejected)
+        counters.rows_rejected += len(rejected)
         counters.batches_written += 1
         counters.pending_bytes -= batch.size
-        counters.latencies_ms.append(latency_ms)
-        batch.buffer.clear()
-        self._spare.append(batch.buffer)
-        batch.ack.set_result(None)
+        self._recycle(batch.buffer)
+        batch.rows = []
+        lane.committed_at = time.monotonic()
+        batch.ack.set_result(_Outcome(lane.committed_at, rejected))
         acknowledged(batch.table, batch.created_ns, latency_ms)
         self._space.set()
 
-    def _send_blocking(self, batch: _Batch) -> float:
-        """Runs on the worker thread, the only one that touches ``self._sender``."""
-        delay = self.config.retry_initial_s
-        while True:
-            if self._abort.is_set():
-                raise _Aborted
-            started = time.perf_counter()
+    async def _isolate(
+        self,
+        lane: _Lane,
+        rows: Sequence[TimeSeriesRow],
+        first: int,
+        reason: str,
+        rejected: dict[int, tuple[TimeSeriesRow, str]],
+    ) -> None:
+        """Rows QuestDB refused together, split in halves until each refused row stands alone:
+        halves it accepts are written, rows it refuses alone are dead-lettered into
+        ``rejected`` (keyed by their index in the batch, ``first`` being that of ``rows[0]``)."""
+        if len(rows) == 1:
+            self._dead_letter(lane.table, rows[0], reason)
+            rejected[first] = (rows[0], reason)
+            return
+        middle = len(rows) // 2
+        for offset, half in ((0, rows[:middle]), (middle, rows[middle:])):
+            buffer = self._buffer()
+            for row in half:
+                append_row(buffer, row, table_of(row)[1])
             try:
-                self._server_check()
-                if self._sender is None:
-                    self._sender = _new_sender(self._conf)
-                self._sender.flush(batch.buffer, clear=False, transactional=True)
-            except Exception as error:  # every failure is retried; none is dropped
-                self._counters.retries += 1
-                self._counters.last_error = f"{type(error).__name__}: {error}"
-                log.warning(
-                    "QuestDB flush of %d %s row(s) failed, retrying in %.2f s: %s",
-                    batch.rows,
-                    batch.table,
-                    delay,
-                    self._counters.last_error,
-                )
-                self._drop_sender()
-                self._abort.wait(delay)
-                delay = min(delay * 2, self.config.retry_max_s)
-                continue
-            return (time.perf_counter() - started) * 1000
+                await self._send(lane, buffer, len(half))
+            except _Refused as refused:
+                await self._isolate(lane, half, first + offset, str(refused), rejected)
+            finally:
+                self._recycle(buffer)
 
-    def _drop_sender(self) -> None:
-        sender, self._sender = self._sender, None
-        if sender is not None:
-            try:
-                sender.close(flush=False)
-            except Exception as error:  # a broken sender is discarded anyway
-                log.debug("closing a failed QuestDB sender: %s", error)
+    def _recycle(self, buffer: Buffer) -> None:
+        buffer.clear()
+        self._spare.append(buffer)
 
-    async def _shutdown_worker(self) -> None:
-        executor, self._executor = self._executor, None
-        if executor is not None:
-            await asyncio.get_running_loop().run_in_executor(executor, self._drop_sender)
-            executor.shutdown(wait=True)
+    async def _send(self, lane: _Lane, buffer: Buffer, rows: int) -> float:
+        """Send one buffer as one transaction, retrying anything but a refusal with backoff;
+        return the latency in ms. Raises ``_Refused`` when QuestDB refuses the rows."""
+        retrying = AsyncRetrying(
+            retry=retry_if_exception(_transient),
+            wait=wait_exponential(
+                multiplier=self.config.retry_initial_s, max=self.config.retry_max_s
+            ),
+            before_sleep=lambda state: self._failed(lane.table, rows, state),
+            reraise=True,
+        )
+        latency_ms: float = await retrying(self._flush, lane, buffer)
+        return latency_ms
+
+    async def _flush(self, lane: _Lane, buffer: Buffer) -> float:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(lane.executor, self._flush_blocking, lane, buffer)
+
+    def _flush_blocking(self, lane: _Lane, buffer: Buffer) -> float:
+        """Runs on the lane's worker thread, the only one that touches ``lane.sender``."""
+        started = time.perf_counter()
+        try:
+            self._server_check()  # an untrusted listener fails like an outage: retried
+            if lane.sender is None:
+                lane.sender = _new_sender(self._conf)
+            lane.sender.flush(buffer, clear=False, transactional=True)
+        except QuestDBError as error:
+            refusal = _refusal(error)
+            if refusal is not None:
+                raise _Refused(refusal) from error
+            _drop_sender(lane)  # a fresh connection for the next try
+            raise
+        return (time.perf_counter() - started) * 1000
+
+    def _failed(self, table: str, rows: int, state: RetryCallState) -> None:
+        """Before each pause: count the failure and say what happened, never the password."""
+        error = state.outcome.exception() if state.outcome is not None else None
+        delay = state.next_action.sleep if state.next_action is not None else 0.0
+        self._counters.retries += 1
+        self._counters.last_error = f"{type(error).__name__}: {error}"
+        log.warning(
+            "QuestDB flush of %d %s row(s) failed, retrying in %.2f s: %s",
+            rows,
+            table,
+            delay,
+            self._counters.last_error,
+        )
+
+    def _dead_letter(self, table: str, row: TimeSeriesRow, reason: str) -> None:
+        """Append the refused row and the server's reason to the dead-letter file (0600). If
+        that fails too, the row's receipt still carries it."""
+        record = {
+            "at": datetime.now(UTC).isoformat(),
+            "table": table,
+            "model": type(row).__name__,
+            "reason": reason,
+            "row": row.model_dump(mode="json"),
+        }
+        log.error("QuestDB refused a %s row, dead-lettered: %s", table, reason)
+        try:
+            self.dead_letters.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            descriptor = os.open(self.dead_letters, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            with os.fdopen(descriptor, "a") as handle:
+                handle.write(json.dumps(record) + "\n")
+        except OSError:
+            log.exception("could not write the dead-letter file %s", self.dead_letters)
+
+    async def _shutdown(self) -> None:
+        loop = asyncio.get_running_loop()
+        for lane in self._lanes.values():
+            # Queued behind any flush still running, so the sender is idle when it is closed.
+            await loop.run_in_executor(lane.executor, _drop_sender, lane)
+            lane.executor.shutdown(wait=True)
         if self._factory is not None:
             self._factory.close(flush=False)
             self._factory = None
