@@ -409,22 +409,11 @@ class PostgresServer:
         finally:
             await connection.close()
 
-    async def _archiving_off(self) -> bool:
-        """True for a running cluster started before WAL archiving was configured."""
-        try:
-            admin = await self._connect("superuser", database="postgres")
-        except (OSError, asyncpg.PostgresError):
-            return False  # not answering: the wait below reports it
-        try:
-            return bool(await admin.fetchval("SHOW archive_mode") != "on")
-        finally:
-            await admin.close()
-
     async def up(self) -> None:
         """Start if stopped; restart a server running with an out-of-date configuration."""
         async with stack_lock(self.stack_dir):
             pid = self.running_pid()
-            if pid is not None and (not self._configured() or await self._archiving_off()):
+            if pid is not None and not self._configured():
                 # Settings that take a restart (sockets, archiving, preloaded libraries): once,
                 # for a server an older version started.
                 await stop_cluster(self.data_dir)
