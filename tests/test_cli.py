@@ -45,6 +45,7 @@ def test_status_json_reports_every_running_server(stack: LocalStack) -> None:
         assert entry["running"] is True
         assert entry["latency_ms"] > 0
         assert entry["version"]
+        assert entry["problems"] == []
     for secret in secrets_of(stack.settings):
         assert secret not in result.stdout + result.stderr
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import secrets
 import signal
@@ -19,7 +20,7 @@ import pytest
 import pytest_asyncio
 
 from tests.conftest import REPO, port_base
-from tests.support import wait_for, wait_until
+from tests.support import cli_env, tradestore, wait_for, wait_until
 from tests.timeseries_support import make_trades, trade_counts
 from tradestore.errors import StoreUnavailableError
 from tradestore.settings import Settings
@@ -175,6 +176,21 @@ async def test_a_full_disk_suspends_the_wal_and_every_acknowledged_row_becomes_v
         async def suspended_in_health() -> bool:
             return "trades" in (await store.health()).suspended
 
+        async def questdb_problems() -> list[str]:
+            """What ``stack status`` says of QuestDB (PostgreSQL and Redis of this data
+            directory are not running: the command exits 3 for them)."""
+            env = cli_env(settings) | {"TRADESTORE_QUESTDB__PASSWORD": settings.questdb.secret()}
+            result = await asyncio.to_thread(tradestore, "stack", "status", "--json", env=env)
+            assert result.returncode == 3, result.stderr
+            statuses = {entry["name"]: entry for entry in json.loads(result.stdout)}
+            assert statuses["questdb"]["running"], statuses["questdb"]
+            problems: list[str] = statuses["questdb"]["problems"]
+            return problems
+
+        async def trades_suspended_in_status() -> bool:
+            problems = await questdb_problems()
+            return any(problem.startswith("table trades: WAL suspended") for problem in problems)
+
         producer = asyncio.create_task(produce())
         try:
             suspended = await wait_until(
@@ -190,6 +206,7 @@ async def test_a_full_disk_suspends_the_wal_and_every_acknowledged_row_becomes_v
             await asyncio.sleep(3.0)  # resumes tried meanwhile meet the full disk
             tries = writer.stats().wal_resumes
             assert 1 <= tries <= 6, "resumes back off (0.5, 1, 2 s apart), never spin"
+            assert await wait_for(trades_suspended_in_status, True, 20.0)
         finally:
             ballast.unlink()
             stop.set()
@@ -199,5 +216,6 @@ async def test_a_full_disk_suspends_the_wal_and_every_acknowledged_row_becomes_v
         accepted = writer.stats().rows_accepted
         assert await trade_counts(settings, trader) == (accepted, accepted)
         health = await store.health()
+        assert await questdb_problems() == []
     assert health.ok, health
     assert accepted == 200 * len(receipts)

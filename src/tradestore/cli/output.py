@@ -17,6 +17,8 @@ T = TypeVar("T")
 
 EXIT_NOT_RUNNING = 3
 """``stack status``: at least one server is stopped (as ``systemctl status`` does)."""
+EXIT_DEGRADED = 5
+"""``stack status``: every server answers, but one reports a problem (a suspended WAL table)."""
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document for machines.")]
 

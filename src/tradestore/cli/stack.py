@@ -10,6 +10,7 @@ from rich.table import Table
 
 from tradestore.cli.context import settings_of
 from tradestore.cli.output import (
+    EXIT_DEGRADED,
     EXIT_NOT_RUNNING,
     JsonOption,
     console,
@@ -32,6 +33,8 @@ def _status_table(statuses: list[ServerStatus]) -> Table:
         state = "[green]running[/]" if status.running else "[red]stopped[/]"
         if status.error:
             state = f"[yellow]not answering[/]: {status.error} (log: {status.log_file})"
+        elif status.problems:
+            state = "[yellow]degraded[/]: " + "; ".join(status.problems)
         latency = f"{status.latency_ms:.3f} ms" if status.latency_ms is not None else "-"
         table.add_row(
             status.name,
@@ -97,12 +100,18 @@ def down(ctx: typer.Context, as_json: JsonOption = False) -> None:
 
 @app.command()
 def status(ctx: typer.Context, as_json: JsonOption = False) -> None:
-    """Show each server, its version, address and round-trip latency (exit 3 if any is down)."""
+    """Show each server, its version, address, round-trip latency and problems.
+
+    Exit 3 if any server is down or not answering, 5 if all answer but one reports a problem
+    (a QuestDB table whose WAL is suspended holds acknowledged rows queries do not see).
+    """
     stack = LocalStack(settings_of(ctx))
     statuses = run_or_exit(stack.status, as_json=as_json)
     _print_statuses(statuses, as_json)
     if not all(entry.running and entry.error is None for entry in statuses):
         raise typer.Exit(EXIT_NOT_RUNNING)
+    if any(entry.problems for entry in statuses):
+        raise typer.Exit(EXIT_DEGRADED)
 
 
 @app.command()

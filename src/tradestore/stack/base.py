@@ -24,6 +24,8 @@ class ServerStatus:
     version: str | None = None
     latency_ms: float | None = None
     error: str | None = None
+    problems: tuple[str, ...] = ()
+    """What is wrong although the server answers, e.g. QuestDB tables whose WAL is suspended."""
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -52,6 +54,9 @@ class ManagedServer(Protocol):
     async def measure(self) -> tuple[str, float]:
         """The server's version and the median round trip of a real query, in ms."""
 
+    async def problems(self) -> list[str]:
+        """What is wrong although the server answers; empty when nothing is."""
+
 
 async def server_status(server: ManagedServer) -> ServerStatus:
     """Report one server; a server that does not answer is reported, never raised."""
@@ -60,6 +65,7 @@ async def server_status(server: ManagedServer) -> ServerStatus:
         return ServerStatus(server.name, False, server.address, server.log_file)
     try:
         version, latency_ms = await server.measure()
+        problems = tuple(await server.problems())
     except Exception as error:  # status reports any failure; it never raises
         return ServerStatus(
             server.name, True, server.address, server.log_file, pid=pid, error=str(error)
@@ -72,6 +78,7 @@ async def server_status(server: ManagedServer) -> ServerStatus:
         pid=pid,
         version=version,
         latency_ms=latency_ms,
+        problems=problems,
     )
 
 

@@ -456,3 +456,6 @@ class PostgresServer:
             return version, await median_round_trip_ms(lambda: connection.fetchval("SELECT 1"))
         finally:
             await connection.close()
+
+    async def problems(self) -> list[str]:
+        return []

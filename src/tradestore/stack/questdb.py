@@ -125,6 +125,9 @@ def find_java(config: QuestDBSettings) -> tuple[Path, int]:
     return Path(java), major
 
 
+_SUSPENDED_TABLES = "SELECT name, errorMessage FROM wal_tables() WHERE suspended ORDER BY name"
+
+
 class QuestDBServer(SpawnedServer):
     name = NAME
     start_timeout_s = START_TIMEOUT_S
@@ -235,3 +238,17 @@ class QuestDBServer(SpawnedServer):
             return version, await median_round_trip_ms(lambda: connection.fetchval("SELECT 1"))
         finally:
             await connection.close()
+
+    async def problems(self) -> list[str]:
+        """Tables whose WAL is suspended: their acknowledged rows stay invisible to queries
+        until the cause is gone and the WAL is resumed (the writer does that by itself)."""
+        connection = await self._connect()
+        try:
+            rows = await connection.fetch(_SUSPENDED_TABLES)
+        finally:
+            await connection.close()
+        return [
+            f"table {row['name']}: WAL suspended"
+            + (f" ({row['errorMessage']})" if row["errorMessage"] else "")
+            for row in rows
+        ]
