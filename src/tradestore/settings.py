@@ -24,12 +24,23 @@ stopped server's place receives none.
 from __future__ import annotations
 
 import json
+import re
+import socket
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Self
+from typing import Annotated, Any, ClassVar, Literal, Self
 from urllib.parse import quote
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    StringConstraints,
+    TypeAdapter,
+    field_validator,
+    model_validator,
+)
 from pydantic import ValidationError as PydanticValidationError
 from pydantic_settings import (
     BaseSettings,
@@ -57,6 +68,11 @@ APPLICATION_NAME = "tradestore"
 PRICE_UPDATES = "stream:price-updates"
 TRADE_EVENTS = "stream:trade-events"
 UI_EVENTS = "stream:ui-events"
+
+NODE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
+"""A platform node's name: what a hostname may hold, 63 characters at most."""
+NodeId = Annotated[str, StringConstraints(pattern=NODE_ID_PATTERN)]
+_NODE_ID: TypeAdapter[str] = TypeAdapter(NodeId)
 
 Role = Literal["app", "owner", "superuser"]
 Port = int
@@ -471,6 +487,12 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
     return loaded
 
 
+def default_node_id() -> str:
+    """This host's name, cut to what a node id may hold: one node per host unless told."""
+    name = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname()).lstrip("._-")[:63]
+    return name or "node"
+
+
 class LocalStackSource(PydanticBaseSettingsSource):
     """What ``tradestore stack up`` recorded in the data directory in force: the passwords it
     generated, and how its servers are reached, for the addresses they were recorded for."""
@@ -512,6 +534,9 @@ class Settings(BaseSettings):
     )
 
     data_dir: Path = Path(".tradestore")
+    node_id: NodeId = Field(default_factory=default_node_id)
+    """This platform node (``TRADESTORE_NODE_ID``, default the host name). Several nodes share
+    one data layer: traders, the rules they own and node health reports are scoped by it."""
     postgres: PostgresSettings = PostgresSettings()
     redis: RedisSettings = RedisSettings()
     questdb: QuestDBSettings = QuestDBSettings()
@@ -550,6 +575,14 @@ class Settings(BaseSettings):
             except PydanticValidationError as error:
                 raise _config_error(error, name) from None
         return self.model_copy(update=update)
+
+    def for_node(self, node_id: str) -> Settings:
+        """A copy that acts as another platform node (``tradestore simulate --node-id``)."""
+        try:
+            checked = _NODE_ID.validate_python(node_id)
+        except PydanticValidationError as error:
+            raise _config_error(error, "node_id") from None
+        return self.model_copy(update={"node_id": checked})
 
     @classmethod
     def settings_customise_sources(
