@@ -9,12 +9,12 @@ its node id as soon as PostgreSQL sees the connection close.
 
 from __future__ import annotations
 
-from types import TracebackType
 from typing import Final
 
 import asyncpg
 
 from tradestore.errors import NodeIdInUseError
+from tradestore.lifecycle import Lifecycle
 from tradestore.relational.pool import translated
 from tradestore.settings import Settings
 
@@ -22,15 +22,16 @@ LOCK_CLASS: Final = 0x6E6F6465
 """The first key of every node lock ("node"); the second is the hash of the node id."""
 
 
-class NodeLease:
+class NodeLease(Lifecycle):
     """``async with NodeLease(settings):`` this process is ``settings.node_id`` until the end
-    of the block; raises NodeIdInUseError if another live process already is."""
+    of the block; raises NodeIdInUseError if another live process already is (``start`` and
+    ``close`` for owners that cannot use ``async with``)."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._connection: asyncpg.Connection | None = None
 
-    async def __aenter__(self) -> NodeLease:
+    async def start(self) -> None:
         settings = self.settings
         where = settings.postgres.dsn("app")
         with translated(where):
@@ -49,14 +50,8 @@ class NodeLease:
                 " (another process holds it): give this one its own TRADESTORE_NODE_ID"
             )
         self._connection = connection
-        return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        error: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    async def close(self) -> None:
         connection, self._connection = self._connection, None
         if connection is not None:
             await connection.close()  # closing the session releases its lock
