@@ -68,7 +68,7 @@ async def test_a_node_lists_and_claims_only_its_own_and_shared_traders_rules(
     nodes: tuple[RelationalStore, RelationalStore],
 ) -> None:
     a, b = nodes
-    token = str(Pubkey.new_unique())
+    token = str(Pubkey(secrets.token_bytes(32)))  # new_unique() repeats across sessions
     of_a = await a.traders.create(_trader("of node a"))
     of_b = await b.traders.create(_trader("of node b"))
     common = await a.traders.create(_trader("shared"), shared=True)
