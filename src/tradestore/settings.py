@@ -456,7 +456,8 @@ class ObservabilitySettings(StoreSettings):
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
     """Serve ``/metrics`` and ``/healthz`` here (0: any free port); None serves nothing."""
     instance: str | None = None
-    """The ``instance`` label of this process' snapshots; default ``<host>:<pid>``."""
+    """The ``instance`` label of this process' snapshots; default ``<node_id>:<pid>`` (the
+    node id defaults to the host name)."""
     lag_alarm_ratio: float = Field(default=0.8, gt=0, le=1)
     """A consumer group whose lag reaches this share of ``redis.stream_maxlen`` is alarmed:
     entries trimmed before the group reads them vanish without a trace."""
