@@ -488,10 +488,14 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
     return loaded
 
 
+def node_id_of(host: str) -> str:
+    """A host name cut to what a node id may hold."""
+    return re.sub(r"[^A-Za-z0-9._-]", "-", host).lstrip("._-")[:63] or "node"
+
+
 def default_node_id() -> str:
-    """This host's name, cut to what a node id may hold: one node per host unless told."""
-    name = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname()).lstrip("._-")[:63]
-    return name or "node"
+    """This host's name: one platform node per host unless told otherwise."""
+    return node_id_of(socket.gethostname())
 
 
 class LocalStackSource(PydanticBaseSettingsSource):
