@@ -4,9 +4,13 @@ simulating at the same time each verify their own run without counting the other
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import secrets
+import signal
 import subprocess
+import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -17,7 +21,7 @@ import pytest
 import pytest_asyncio
 from solders.pubkey import Pubkey
 
-from tests.support import TRADESTORE, cli_env, postgres, tradestore
+from tests.support import TRADESTORE, cli_env, postgres, tradestore, wait_for
 from tradestore.errors import ConfigError, NodeIdInUseError
 from tradestore.models import NodeHealth, OrderRule, TraderConfig
 from tradestore.models.base import CircuitState, RuleType, TradingMode
@@ -152,6 +156,49 @@ async def test_one_live_process_per_node_id(settings: Settings) -> None:
         pass
     with pytest.raises(ConfigError):
         settings.for_node("not a node id")
+
+
+HOLDER = """
+import asyncio
+from tradestore.relational import NodeLease
+from tradestore.settings import Settings
+
+async def hold() -> None:
+    async with NodeLease(Settings()):
+        print("held", flush=True)
+        await asyncio.sleep(3600)
+
+asyncio.run(hold())
+"""
+
+
+async def _free(settings: Settings) -> bool:
+    try:
+        async with NodeLease(settings):
+            return True
+    except NodeIdInUseError:
+        return False
+
+
+async def test_a_node_killed_with_sigkill_frees_its_id(settings: Settings) -> None:
+    """The lease is the holder's session: kill -9 the holder and the id is free again."""
+    node = settings.for_node(_node("killed"))
+    env = cli_env(settings) | {"TRADESTORE_NODE_ID": node.node_id}
+    holder = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", HOLDER, stdout=asyncio.subprocess.PIPE, env=env
+    )
+    try:
+        assert holder.stdout is not None
+        line = await asyncio.wait_for(holder.stdout.readline(), timeout=60)
+        assert line.strip() == b"held"
+        assert not await _free(node)
+        os.kill(holder.pid, signal.SIGKILL)
+        await asyncio.wait_for(holder.wait(), timeout=10)
+        assert await wait_for(lambda: _free(node), expected=True, timeout_s=10.0)
+    finally:
+        if holder.returncode is None:
+            holder.kill()
+            await holder.wait()
 
 
 def _launch(settings: Settings, node: str) -> subprocess.Popen[str]:
