@@ -14,16 +14,17 @@ import asyncio
 import os
 
 from benchmarks.support import running_stack
+from tradestore.observability.latency import Key
 from tradestore.settings import Settings
 from tradestore.simulation.profiles import PROFILES
 from tradestore.simulation.report import SimulationReport
 from tradestore.simulation.runner import DEFAULT_SCALES, MaxReport, Simulation, find_max
 
 SEED = PROFILES["seed"]
-TARGETS_MS = (
+TARGETS_MS: tuple[tuple[Key, float], ...] = (
     (("questdb", "trades write→ack"), 250.0),
-    (("redis", "prices.get_price"), 1.0),
-    (("redis", "near.get_price"), 1.0),
+    (("redis", "price.get"), 1.0),
+    (("near_cache", "get.hit"), 1.0),
     (("redis", "event end-to-end trade-events"), 50.0),
 )
 

@@ -19,7 +19,10 @@ from tradestore.observability.latency import (
     LOWEST_NS,
     SIGNIFICANT_FIGURES,
     LatencyRegistry,
+    added,
     counts_index,
+    since,
+    summarise_totals,
     timed,
     timed_lookup,
     timer,
@@ -110,6 +113,32 @@ def test_snapshot_intervals_never_count_an_operation_twice() -> None:
     assert second == []
     assert [summary.count for summary in third] == [1]
     assert registry.totals()[("redis", "price.get")].count == 4
+
+
+def test_totals_of_processes_add_up_and_a_span_is_their_difference() -> None:
+    """What the simulation does: a batch's rows share one latency, workers' totals are added,
+    and the parent's own part is what it recorded between two readings."""
+    worker, parent = _registry(), _registry()
+    worker.recorder("questdb", "trades write→ack").record_many(2 * MS, 999)
+    worker.recorder("questdb", "trades write→ack").record(4 * MS)
+    parent.recorder("redis", "stream.ack").record(MS)
+    parent.recorder("redis", "stream.ack").failures += 1
+    parent.fold()
+    before = parent.totals()
+    parent.recorder("redis", "stream.ack").record(3 * MS)
+    parent.fold()
+    worker.fold()
+    span = since(before, parent.totals())
+    assert span[("redis", "stream.ack")].count == 1
+    assert span[("redis", "stream.ack")].failures == 0
+    summaries = summarise_totals(added(worker.totals(), span, span), seconds=2.0)
+    trades = summaries[("questdb", "trades write→ack")]
+    assert (trades.count, trades.rate_per_s) == (1_000, 500.0)
+    assert 2.0 <= trades.p99_ms <= 2.02
+    assert 4.0 <= trades.max_ms <= 4.04
+    acks = summaries[("redis", "stream.ack")]
+    assert acks.count == 2
+    assert 3.0 <= acks.p50_ms <= 3.03
 
 
 async def test_timed_records_calls_and_failures_and_keeps_the_signature() -> None:

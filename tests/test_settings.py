@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import typing
 from pathlib import Path
 from typing import Literal
@@ -20,6 +21,7 @@ from tradestore.settings import (
     RedisSettings,
     Settings,
     StoreSettings,
+    node_id_of,
 )
 from tradestore.stack.credentials import ensure_credentials
 
@@ -255,3 +257,19 @@ def test_default_ports_lie_outside_the_ephemeral_range(tmp_path: Path) -> None:
         settings.questdb.min_http_port,
     ]
     assert [port for port in ports if low <= port <= high] == []
+
+
+def test_the_node_id_comes_from_the_environment_or_the_host_name(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("TRADESTORE_NODE_ID", raising=False)
+    assert Settings().node_id == node_id_of(socket.gethostname())
+    assert node_id_of("_trader box.example.com") == "trader-box.example.com"
+    assert node_id_of("x" * 80) == "x" * 63
+    assert node_id_of("...") == "node"
+    monkeypatch.setenv("TRADESTORE_NODE_ID", "node-7")
+    assert Settings().node_id == "node-7"
+    assert Settings().for_node("node-8").node_id == "node-8"
+    monkeypatch.setenv("TRADESTORE_NODE_ID", "-starts-with-a-dash")
+    with pytest.raises(ConfigError, match="node_id"):
+        Settings()

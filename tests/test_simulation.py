@@ -31,9 +31,9 @@ CHECKS = (
     "questdb: positions by (time, trader, token)",
     "postgresql: fired rules claimed once",
     "questdb: claimed rules executed once",
-    "redis: stream:price-updates read once by group tui",
-    "redis: stream:trade-events read once by group tui",
-    "redis: stream:ui-events read once by group tui",
+    "redis: stream:price-updates read once by the UI group",
+    "redis: stream:trade-events read once by the UI group",
+    "redis: stream:ui-events read once by the UI group",
     "redis: no price served past its TTL",
     "postgresql: node health latest per node",
 )

@@ -158,6 +158,7 @@ def _valid_calls(m: dict[str, Any]) -> dict[type, dict[str, dict[str, Any]]]:
             "get": {"trader_id": m["trader"].id},
             "update": {"config": m["trader"]},
             "list_all": {},
+            "node_of": {"trader_id": m["trader"].id},
         },
         OrderRuleRepository: {
             "create": {"rule": m["rule"]},

@@ -117,6 +117,14 @@ class ClaimLostError(TradestoreError):
     exit_code = 75  # EX_TEMPFAIL
 
 
+class NodeIdInUseError(TradestoreError):
+    """Another live process already runs as this platform node (``Settings.node_id``): two
+    processes under one node id would claim each other's rules and overwrite each other's node
+    health, so the second one refuses to start."""
+
+    exit_code = 75  # EX_TEMPFAIL: free once the other process ends
+
+
 class InternalError(TradestoreError):
     """A store refused an operation in a way tradestore does not expect: a defect to report,
     never a driver exception leaking to the caller."""

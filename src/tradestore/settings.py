@@ -24,12 +24,23 @@ stopped server's place receives none.
 from __future__ import annotations
 
 import json
+import re
+import socket
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Self
+from typing import Annotated, Any, ClassVar, Literal, Self
 from urllib.parse import quote
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    StringConstraints,
+    TypeAdapter,
+    field_validator,
+    model_validator,
+)
 from pydantic import ValidationError as PydanticValidationError
 from pydantic_settings import (
     BaseSettings,
@@ -57,6 +68,11 @@ APPLICATION_NAME = "tradestore"
 PRICE_UPDATES = "stream:price-updates"
 TRADE_EVENTS = "stream:trade-events"
 UI_EVENTS = "stream:ui-events"
+
+NODE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
+"""A platform node's name: what a hostname may hold, 63 characters at most."""
+NodeId = Annotated[str, StringConstraints(pattern=NODE_ID_PATTERN)]
+_NODE_ID: TypeAdapter[str] = TypeAdapter(NodeId)
 
 Role = Literal["app", "owner", "superuser"]
 Port = int
@@ -440,7 +456,8 @@ class ObservabilitySettings(StoreSettings):
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
     """Serve ``/metrics`` and ``/healthz`` here (0: any free port); None serves nothing."""
     instance: str | None = None
-    """The ``instance`` label of this process' snapshots; default ``<host>:<pid>``."""
+    """The ``instance`` label of this process' snapshots; default ``<node_id>:<pid>`` (the
+    node id defaults to the host name)."""
     lag_alarm_ratio: float = Field(default=0.8, gt=0, le=1)
     """A consumer group whose lag reaches this share of ``redis.stream_maxlen`` is alarmed:
     entries trimmed before the group reads them vanish without a trace."""
@@ -469,6 +486,16 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
     except (OSError, ValueError) as error:
         raise ConfigError(f"unreadable {what} file {path}: {error}") from error
     return loaded
+
+
+def node_id_of(host: str) -> str:
+    """A host name cut to what a node id may hold."""
+    return re.sub(r"[^A-Za-z0-9._-]", "-", host).lstrip("._-")[:63] or "node"
+
+
+def default_node_id() -> str:
+    """This host's name: one platform node per host unless told otherwise."""
+    return node_id_of(socket.gethostname())
 
 
 class LocalStackSource(PydanticBaseSettingsSource):
@@ -512,6 +539,9 @@ class Settings(BaseSettings):
     )
 
     data_dir: Path = Path(".tradestore")
+    node_id: NodeId = Field(default_factory=default_node_id)
+    """This platform node (``TRADESTORE_NODE_ID``, default the host name). Several nodes share
+    one data layer: traders, the rules they own and node health reports are scoped by it."""
     postgres: PostgresSettings = PostgresSettings()
     redis: RedisSettings = RedisSettings()
     questdb: QuestDBSettings = QuestDBSettings()
@@ -550,6 +580,14 @@ class Settings(BaseSettings):
             except PydanticValidationError as error:
                 raise _config_error(error, name) from None
         return self.model_copy(update=update)
+
+    def for_node(self, node_id: str) -> Settings:
+        """A copy that acts as another platform node (``tradestore simulate --node-id``)."""
+        try:
+            checked = _NODE_ID.validate_python(node_id)
+        except PydanticValidationError as error:
+            raise _config_error(error, "node_id") from None
+        return self.model_copy(update={"node_id": checked})
 
     @classmethod
     def settings_customise_sources(

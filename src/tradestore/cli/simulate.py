@@ -13,6 +13,7 @@ from rich.table import Table
 from tradestore.cli.context import settings_of
 from tradestore.cli.output import JsonOption, console, print_json, run_or_exit
 from tradestore.errors import VerificationError
+from tradestore.settings import Settings
 from tradestore.simulation.dashboard import LiveView
 from tradestore.simulation.profiles import PROFILES, Profile, profile
 from tradestore.simulation.report import SimulationReport, format_ms, render
@@ -80,12 +81,23 @@ def simulate(
     p99_ms: Annotated[
         float, typer.Option(min=0.1, help="--find-max: p99 target of every stream, in ms.")
     ] = 250.0,
+    node_id: Annotated[
+        str | None,
+        typer.Option(
+            help="Play this platform node (default TRADESTORE_NODE_ID, else the host name);"
+            " one process per node id at a time (exit 75 if it is taken)."
+        ),
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Play a trading day through QuestDB, PostgreSQL and Redis at a profile's load, watch it
     live, then verify nothing was lost or duplicated (exit 4 if a check fails)."""
     settings = settings_of(ctx)
     live = console.is_terminal and not as_json
+
+    def node() -> Settings:
+        """The settings as the node asked for (a bad id is a ConfigError, exit 78)."""
+        return settings if node_id is None else settings.for_node(node_id)
 
     def chosen() -> Profile:
         return profile(profile_name).with_actors(tokens=tokens, traders=traders)
@@ -95,7 +107,7 @@ def simulate(
 
         async def ramp() -> MaxReport:
             return await find_max(
-                settings,
+                node(),
                 chosen(),
                 workers=workers,
                 step_s=duration,
@@ -113,7 +125,7 @@ def simulate(
 
     async def play() -> SimulationReport:
         simulation = Simulation(
-            settings, chosen().scaled(rate_scale), duration_s=duration, workers=workers, seed=seed
+            node(), chosen().scaled(rate_scale), duration_s=duration, workers=workers, seed=seed
         )
         with _watched(simulation, live, title):
             return await simulation.run()

@@ -94,6 +94,10 @@ class Recorder:
         bucket = (value_ns | _MASK).bit_length() - _SHIFT
         self.counts[((bucket + 1) << _HALF_MAGNITUDE) + (value_ns >> bucket) - _HALF] += 1
 
+    def record_many(self, value_ns: int, count: int) -> None:
+        """``count`` operations that shared one latency (the rows of one acknowledged batch)."""
+        self.counts[counts_index(value_ns)] += count
+
     def take(self) -> tuple[Sparse, int]:
         """The counts and failures since the last take, as sparse counts; resets both."""
         counts, failures = self.counts, self.failures
@@ -168,6 +172,40 @@ class Totals:
     @property
     def count(self) -> int:
         return sum(self.counts.values())
+
+
+def added(*parts: Mapping[Key, Totals]) -> dict[Key, Totals]:
+    """Totals of several processes (or registries) added up per operation: what a parent
+    collects from its workers' ``totals()``, which pickle as plain dicts."""
+    counts: dict[Key, Counter[int]] = {}
+    failures: Counter[Key] = Counter()
+    for part in parts:
+        for key, totals in part.items():
+            counts.setdefault(key, Counter()).update(totals.counts)
+            failures[key] += totals.failures
+    return {key: Totals(dict(counts[key]), failures[key]) for key in sorted(counts)}
+
+
+def since(before: Mapping[Key, Totals], now: Mapping[Key, Totals]) -> dict[Key, Totals]:
+    """What one registry recorded between two of its ``totals()`` (a span of a long process)."""
+    span: dict[Key, Totals] = {}
+    for key, totals in now.items():
+        earlier = before.get(key, Totals({}, 0))
+        counts = Counter(totals.counts)
+        counts.subtract(earlier.counts)
+        kept = {index: count for index, count in counts.items() if count > 0}
+        failures = totals.failures - earlier.failures
+        if kept or failures > 0:
+            span[key] = Totals(kept, max(failures, 0))
+    return span
+
+
+def summarise_totals(totals: Mapping[Key, Totals], seconds: float) -> dict[Key, LatencySummary]:
+    """Percentiles of every operation of some totals, which covered ``seconds``."""
+    return {
+        key: summarise(key, found.counts, found.failures, seconds)
+        for key, found in sorted(totals.items())
+    }
 
 
 class LatencyRegistry:

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import socket
 from collections.abc import Coroutine
 from concurrent.futures import TimeoutError as FutureTimeout
 from datetime import UTC, datetime
@@ -45,8 +44,9 @@ from tradestore.timeseries import TimeSeriesStore
 log = logging.getLogger(__name__)
 
 
-def default_instance() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+def default_instance(settings: Settings) -> str:
+    """``<node id>:<pid>``: whose figures these are when several platform nodes share a host."""
+    return f"{settings.node_id}:{os.getpid()}"
 
 
 class Monitor(Lifecycle):
@@ -70,7 +70,7 @@ class Monitor(Lifecycle):
     ) -> None:
         self.settings = settings
         self.config = settings.observability
-        self.instance = self.config.instance or default_instance()
+        self.instance = self.config.instance or default_instance(settings)
         self._timeseries = timeseries
         self._relational = relational
         self._cache = cache

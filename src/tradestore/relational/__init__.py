@@ -1,6 +1,7 @@
 """Configuration and metadata on PostgreSQL: tokens, trader config, order rules, node health."""
 
 from tradestore.relational.migrate import MigrationState, apply_migrations, migration_status
+from tradestore.relational.nodes import NodeLease
 from tradestore.relational.pool import PoolStats
 from tradestore.relational.repositories import (
     NodeHealthRepository,
@@ -14,6 +15,7 @@ from tradestore.relational.store import RelationalStore
 __all__ = [
     "MigrationState",
     "NodeHealthRepository",
+    "NodeLease",
     "OrderRuleRepository",
     "PoolStats",
     "RelationalStore",

@@ -1,5 +1,10 @@
 """Tokens, trader configs, order rules and node health over the shared pool.
 
+Several platform nodes share one data layer (``Settings.node_id``): a trader belongs to the node
+that created it (or to none: shared), and a node lists and claims only the rules of its own and
+of shared traders, and reads only the node health it reported itself, unless a call asks for
+``shared=True`` (every node's rows: a takeover, a fleet-wide view).
+
 Every query is a constant with $n parameters: nothing a caller passes is ever spliced into SQL.
 Every public call validates its arguments first (InvalidInputError) and raises only tradestore
 errors; rows come back as the validated models of ``tradestore.models``.
@@ -87,6 +92,11 @@ class Repository:
     def __init__(self, database: Database) -> None:
         self._db = database
         self._settings = database.settings.postgres
+        self._node = database.settings.node_id
+
+    def _scope(self, shared: bool) -> str | None:
+        """The node whose rows a call sees: this one, or None (every node's) when shared."""
+        return None if shared else self._node
 
 
 EXACT_FLOAT_LIMIT = 1e16
@@ -194,6 +204,14 @@ class TokenRepository(Repository):
         return [TokenInfo(**row) for row in rows]
 
 
+OWNED_BY = "({table}node_id IS NULL OR {table}node_id = ${param} OR ${param}::text IS NULL)"
+"""A trader row of the node in the parameter (None: of any node), or shared (no node)."""
+
+
+def _owned(param: int, table: str = "") -> str:
+    return OWNED_BY.format(table=f"{table}." if table else "", param=param)
+
+
 TRADER_COLUMNS = (
     "id, name, mode, max_position_size, max_daily_loss, max_slippage_bps,"
     " mev_protection_enabled, created_at, updated_at"
@@ -218,17 +236,19 @@ class TraderRepository(Repository):
 
     @timed("postgres", "traders.create")
     @public
-    async def create(self, config: TraderConfig) -> TraderConfig:
+    async def create(self, config: TraderConfig, *, shared: bool = False) -> TraderConfig:
+        """A new trader, owned by this platform node; ``shared`` leaves it to every node."""
         try:
             row = await self._db.fetchrow(
                 f"""
                 INSERT INTO trader_config
                     (id, name, mode, max_position_size, max_daily_loss, max_slippage_bps,
-                     mev_protection_enabled)
-                VALUES ($1, $2, $3, $4, $5, $6, $7)
+                     mev_protection_enabled, node_id)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
                 RETURNING {TRADER_COLUMNS}
                 """,  # noqa: S608
                 *_trader_values(config),
+                self._scope(shared),
             )
         except pg_errors.UniqueViolationError:
             raise InvalidInputError(
@@ -265,11 +285,23 @@ class TraderRepository(Repository):
 
     @timed("postgres", "traders.list_all")
     @public
-    async def list_all(self) -> list[TraderConfig]:
+    async def list_all(self, *, shared: bool = False) -> list[TraderConfig]:
+        """This node's traders and the shared ones; ``shared``: every node's."""
         rows = await self._db.fetch(
-            f"SELECT {TRADER_COLUMNS} FROM trader_config ORDER BY name, id"  # noqa: S608
+            f"SELECT {TRADER_COLUMNS} FROM trader_config"  # noqa: S608
+            f" WHERE {_owned(1)} ORDER BY name, id",
+            self._scope(shared),
         )
         return [TraderConfig(**row) for row in rows]
+
+    @timed("postgres", "traders.node_of")
+    @public
+    async def node_of(self, trader_id: UUID) -> str | None:
+        """The platform node that owns a trader (None: shared); NotFoundError if none exists."""
+        row = await self._db.fetchrow("SELECT node_id FROM trader_config WHERE id = $1", trader_id)
+        if row is None:
+            raise NotFoundError(f"no trader {trader_id}")
+        return cast(str | None, row["node_id"])
 
 
 RULE_FIELDS = (
@@ -295,6 +327,16 @@ CLAIMABLE = """
 """
 """A rule that $2 triggers for the first time, or one triggered whose claim ran out or was
 handed back: the condition was met once, so it is executed whatever the price is now."""
+
+OF_OWNED_TRADER = """
+    EXISTS (SELECT 1 FROM trader_config t WHERE t.id = order_rules.trader_id AND {owned})
+"""
+"""A rule whose trader is of the node in the parameter (or shared): a primary-key probe per
+candidate rule, which the token already narrowed down."""
+
+
+def _of_owned_trader(param: int) -> str:
+    return OF_OWNED_TRADER.format(owned=_owned(param, "t"))
 
 
 def _rule(row: Row) -> OrderRule:
@@ -358,9 +400,14 @@ class OrderRuleRepository(Repository):
     @timed("postgres", "rules.list_open")
     @public
     async def list_open(
-        self, *, trader_id: UUID | None = None, token: SolanaAddress | None = None
+        self,
+        *,
+        trader_id: UUID | None = None,
+        token: SolanaAddress | None = None,
+        shared: bool = False,
     ) -> list[OrderRule]:
-        """Untriggered rules of a trader, of a token, or of both, oldest first."""
+        """Untriggered rules of a trader, of a token, or of both, oldest first: of this node's
+        traders and shared ones (``shared``: of every node's)."""
         if trader_id is None and token is None:
             raise InvalidInputError(
                 "OrderRule query", [FieldProblem("trader_id|token", "give at least one")]
@@ -371,10 +418,12 @@ class OrderRuleRepository(Repository):
             WHERE triggered_at IS NULL
               AND ($1::uuid IS NULL OR trader_id = $1)
               AND ($2::text IS NULL OR position_token = $2)
+              AND {_of_owned_trader(3)}
             ORDER BY created_at, id
             """,  # noqa: S608
             trader_id,
             token,
+            self._scope(shared),
         )
         return [_rule(row) for row in rows]
 
@@ -387,10 +436,13 @@ class OrderRuleRepository(Repository):
         *,
         worker: Text,
         lease_s: LeaseSeconds | None = None,
+        shared: bool = False,
     ) -> list[RuleClaim]:
         """Claim for ``worker`` every rule of ``token`` this price triggers (a stop-loss at or
         below its price, a take-profit at or above), and every triggered rule of the token whose
         lease ran out or that was released, for ``lease_s`` (default ``postgres.rule_lease_s``).
+        Only rules of this node's traders and of shared ones; ``shared``: every node's (taking
+        over from a node that is gone).
 
         One statement: rules another worker is claiming at this moment are skipped (SKIP LOCKED)
         rather than waited for. A call cancelled after the commit loses nothing: its claims run
@@ -401,7 +453,7 @@ class OrderRuleRepository(Repository):
             f"""
             WITH claimable AS MATERIALIZED (
                 SELECT id FROM order_rules
-                WHERE position_token = $1 AND {CLAIMABLE}
+                WHERE position_token = $1 AND {CLAIMABLE} AND {_of_owned_trader(5)}
                 FOR UPDATE SKIP LOCKED
             )
             UPDATE order_rules SET
@@ -417,6 +469,7 @@ class OrderRuleRepository(Repository):
             price,
             worker,
             lease,
+            self._scope(shared),
         )
         claims = [_claim(row) for row in rows]
         claims.sort(key=lambda claim: (claim.rule.created_at, claim.rule.id))
@@ -470,18 +523,21 @@ HEALTH_COLUMNS = (
 
 
 class NodeHealthRepository(Repository):
-    """Health reports per RPC node; the latest report of a node is its circuit-breaker state."""
+    """Health reports per RPC node, as each platform node observed it; the latest report a
+    platform node made of an RPC node is that node's circuit-breaker state there."""
 
     @timed("postgres", "nodes.record")
     @public
     async def record(self, health: NodeHealth) -> None:
-        """Store one report; a repeat of the same node and instant replaces the first."""
+        """Store one report of this platform node; a repeat of the same RPC node and instant
+        replaces the first (another platform node's report of that instant stays)."""
         await self._db.fetchval(
             """
             INSERT INTO node_health
-                (node, observed_at, latency_ms, error_rate, circuit_breaker_status, last_failure)
-            VALUES ($1, $2, $3, $4, $5, $6)
-            ON CONFLICT (node, observed_at) DO UPDATE SET
+                (node, observed_at, latency_ms, error_rate, circuit_breaker_status, last_failure,
+                 reported_by)
+            VALUES ($1, $2, $3, $4, $5, $6, $7)
+            ON CONFLICT (node, reported_by, observed_at) DO UPDATE SET
                 latency_ms = EXCLUDED.latency_ms, error_rate = EXCLUDED.error_rate,
                 circuit_breaker_status = EXCLUDED.circuit_breaker_status,
                 last_failure = EXCLUDED.last_failure
@@ -492,31 +548,37 @@ class NodeHealthRepository(Repository):
             health.error_rate,
             health.circuit_breaker_status.value,
             health.last_failure,
+            self._node,
         )
 
     @timed("postgres", "nodes.latest_per_node")
     @public
-    async def latest_per_node(self) -> list[NodeHealth]:
-        """The newest report of every node, ordered by node."""
+    async def latest_per_node(self, *, shared: bool = False) -> list[NodeHealth]:
+        """The newest report this platform node made of every RPC node, ordered by node;
+        ``shared``: the newest any platform node made."""
         rows = await self._db.fetch(
             f"SELECT DISTINCT ON (node) {HEALTH_COLUMNS} FROM node_health"  # noqa: S608
-            " ORDER BY node, observed_at DESC"
+            " WHERE $1::text IS NULL OR reported_by = $1 ORDER BY node, observed_at DESC",
+            self._scope(shared),
         )
         return [NodeHealth(**row) for row in rows]
 
     @timed("postgres", "nodes.latest")
     @public
-    async def latest(self, node: NodeName) -> NodeHealth | None:
-        """The newest report of one node (its URL is normalised as when it was recorded)."""
+    async def latest(self, node: NodeName, *, shared: bool = False) -> NodeHealth | None:
+        """The newest report this platform node made of one RPC node (its URL is normalised as
+        when it was recorded); ``shared``: the newest any platform node made."""
         row = await self._db.fetchrow(
-            f"SELECT {HEALTH_COLUMNS} FROM node_health WHERE node = $1"  # noqa: S608
+            f"SELECT {HEALTH_COLUMNS} FROM node_health"  # noqa: S608
+            " WHERE node = $1 AND ($2::text IS NULL OR reported_by = $2)"
             " ORDER BY observed_at DESC LIMIT 1",
             node,
+            self._scope(shared),
         )
         return None if row is None else NodeHealth(**row)
 
     @public
-    async def circuit_state(self, node: NodeName) -> CircuitState | None:
+    async def circuit_state(self, node: NodeName, *, shared: bool = False) -> CircuitState | None:
         """The breaker state of a node's latest report; None for a node never reported."""
-        latest = await self.latest(node)
+        latest = await self.latest(node, shared=shared)
         return None if latest is None else latest.circuit_breaker_status

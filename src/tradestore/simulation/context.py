@@ -15,9 +15,9 @@ from pydantic import JsonValue
 
 from tradestore.client import TradeStore
 from tradestore.errors import TradestoreError
+from tradestore.observability.latency import LATENCIES
 from tradestore.simulation.counters import Counters
 from tradestore.simulation.ids import Ledger
-from tradestore.simulation.latency import record
 from tradestore.simulation.plan import RunPlan
 from tradestore.simulation.profiles import StreamName
 from tradestore.timeseries import Receipt, TimeSeriesRow
@@ -78,7 +78,7 @@ class WorkerContext:
     ) -> None:
         """Hand rows to the batch writer; once QuestDB acknowledges them, record the latency
         from write to acknowledgement and call ``on_ack``. Does not wait for the acknowledgement."""
-        started = time.perf_counter()
+        started = time.perf_counter_ns()
         receipt = await self.db.timeseries.writer.write_many(rows)
         task = asyncio.create_task(
             self._acknowledged(
@@ -91,7 +91,7 @@ class WorkerContext:
     async def _acknowledged(
         self,
         receipt: Receipt,
-        started: float,
+        started: int,
         *,
         count: int,
         table: str,
@@ -103,7 +103,9 @@ class WorkerContext:
         except TradestoreError as error:
             self.counters.failed(error)
             return
-        record("questdb", f"{table} write→ack", time.perf_counter() - started, count)
+        LATENCIES.recorder("questdb", f"{table} write→ack").record_many(
+            time.perf_counter_ns() - started, count
+        )
         on_ack()
         if stream is not None:
             self.counters.done[stream] += count

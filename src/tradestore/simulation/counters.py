@@ -4,17 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections import Counter
-from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from typing import TypeVar
 
 from tradestore.errors import TradestoreError
-from tradestore.simulation import latency
 from tradestore.simulation.profiles import StreamName
 
-T = TypeVar("T")
 log = logging.getLogger(__name__)
 ERROR_PAUSE_S = 0.05
 """An actor whose store call failed waits this long before its next tick."""
@@ -34,14 +29,6 @@ class Counters:
     def failed(self, error: TradestoreError) -> None:
         self.errors[type(error).__name__] += 1
         log.debug("store call failed: %s", error)
-
-
-async def timed(store: str, op: str, call: Awaitable[T]) -> T:
-    """Await a store call and record how long it took."""
-    started = time.perf_counter()
-    result = await call
-    latency.record(store, op, time.perf_counter() - started)
-    return result
 
 
 async def pause_after_error() -> None:

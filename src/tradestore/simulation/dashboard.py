@@ -15,7 +15,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from tradestore.simulation.latency import LatencyRecorder
+from tradestore.observability.latency import added, summarise_totals
 from tradestore.simulation.profiles import StreamName
 from tradestore.simulation.report import (
     STREAM_LATENCY,
@@ -70,12 +70,11 @@ class LiveView:
         )
 
     def __rich__(self) -> RenderableType:
-        latencies = LatencyRecorder()
-        for progress in self.progress.values():
-            latencies.merge(progress.latencies)
+        parts = [progress.latencies for progress in self.progress.values()]
         if self.tui is not None:
-            latencies.merge(self.tui.latency.export())
-        summaries = latencies.snapshot()
+            parts.append(self.tui.latencies())
+        elapsed = time.monotonic() - self.started if self.started is not None else 0.0
+        summaries = summarise_totals(added(*parts), elapsed)
         rates, done = self._rates(), self._done()
         streams = [
             StreamResult(

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from tradestore.errors import TradestoreError
 from tradestore.models import CircuitState, Event, NodeHealth
 from tradestore.simulation.context import WorkerContext
-from tradestore.simulation.counters import pause_after_error, timed
+from tradestore.simulation.counters import pause_after_error
 from tradestore.simulation.pacing import ticks
 
 OPEN_ABOVE = 0.2
@@ -72,7 +72,7 @@ class NodeMonitor:
 
     async def report(self, node: str) -> None:
         health = self._drift(node)
-        await timed("postgres", "nodes.record", self.context.db.relational.nodes.record(health))
+        await self.context.db.relational.nodes.record(health)
         self.context.acked.node_reports[node] = health.timestamp
         seq = self.ledger.reserve(1)
         event = Event(
@@ -85,5 +85,5 @@ class NodeMonitor:
                 latency_ms=health.latency_ms,
             ),
         )
-        await timed("redis", "ui_events.publish", self.stream.publish(event))
+        await self.stream.publish(event)
         self.ledger.ack(seq, 1)

@@ -3,7 +3,10 @@
 The plan is made once by the parent process from the profile and the seed, and handed to every
 worker whole (it pickles), so all processes agree on ids, mints and shares. The seed fixes the
 market and every actor's decisions; the run tag, fresh each run, keeps its rows apart from those
-of earlier runs on the same stores.
+of earlier runs on the same stores, and of runs of other platform nodes (``Settings.node_id``)
+playing at the same time: their traders and rules are theirs, their UI reads in its own group.
+The RPC nodes are the same for every run, as a platform's endpoints are: each platform node
+reports and reads its own view of their health.
 """
 
 from __future__ import annotations
@@ -48,6 +51,21 @@ class RunPlan:
         return f"{self.run_tag:015x}"
 
     @property
+    def node_id(self) -> str:
+        """The platform node this run plays (it owns the run's traders and their rules)."""
+        return self.settings.node_id
+
+    @property
+    def tui_group(self) -> str:
+        """The UI's consumer group: one per platform node, so that each node's UI reads every
+        entry (in one shared group, each entry would go to only one of the nodes)."""
+        return f"tui-{self.node_id}"
+
+    def claimer(self, worker: int) -> str:
+        """Who a worker's rule claims name (``order_rules.claimed_by``)."""
+        return f"{self.node_id}:simulation-{worker}"
+
+    @property
     def pubsub_channel(self) -> str:
         return f"ui:sim:{self.run_id}:prices"  # ui:* is the application user's channel space
 
@@ -84,7 +102,7 @@ def make_plan(
         )
         watchlist = tuple(rng.sample(range(len(tokens)), min(WATCHLIST, len(tokens))))
         traders.append(TraderSpec(index, config, watchlist))
-    nodes = tuple(f"https://rpc-{n}.sim-{run_tag:015x}.invalid/" for n in range(profile.nodes))
+    nodes = tuple(f"https://rpc-{n}.sim.invalid/" for n in range(profile.nodes))
     return RunPlan(
         settings=settings,
         profile=profile,

@@ -13,7 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from tradestore.errors import VerificationError
-from tradestore.simulation.latency import Key, LatencySummary
+from tradestore.observability.latency import Key, LatencySummary
 from tradestore.simulation.profiles import StreamName
 from tradestore.simulation.verify import Check
 
@@ -61,6 +61,8 @@ def stream_results(
 @dataclass(frozen=True, slots=True)
 class SimulationReport:
     run_id: str
+    node_id: str
+    """The platform node that played the run (``Settings.node_id``)."""
     profile: str
     seed: int
     workers: int
@@ -92,10 +94,7 @@ class SimulationReport:
 
     def as_dict(self) -> dict[str, Any]:
         document = asdict(self)
-        document["latencies"] = [
-            {"store": store, "operation": op, **asdict(summary)}
-            for (store, op), summary in self.latencies.items()
-        ]
+        document["latencies"] = [asdict(summary) for summary in self.latencies.values()]
         document["ok"] = self.ok
         return document
 
@@ -169,7 +168,8 @@ def checks_table(checks: Iterable[Check]) -> Table:
 def render(report: SimulationReport) -> RenderableType:
     writer = report.writer
     summary = Text.from_markup(
-        f"run {report.run_id}: profile [bold]{report.profile}[/], seed {report.seed},"
+        f"run {report.run_id} on node {report.node_id}: profile [bold]{report.profile}[/],"
+        f" seed {report.seed},"
         f" {report.workers} worker process(es), load for {report.load_s:.1f} s;"
         f" writer: {writer.get('rows_written', 0):,} rows written,"
         f" {writer.get('retries', 0)} retries, peak {writer.get('peak_pending_bytes', 0):,} bytes"

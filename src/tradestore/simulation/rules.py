@@ -13,9 +13,9 @@ from decimal import Decimal
 
 from tradestore.errors import TradestoreError
 from tradestore.models import Event, OrderRule, RuleType, Trade, TradeAction, TradingMode
+from tradestore.observability.latency import LATENCIES
 from tradestore.simulation.context import WorkerContext
-from tradestore.simulation.counters import pause_after_error, timed
-from tradestore.simulation.latency import record
+from tradestore.simulation.counters import pause_after_error
 from tradestore.simulation.market import USDC
 from tradestore.simulation.pacing import ticks
 
@@ -55,11 +55,8 @@ async def execute_triggered(context: WorkerContext, token: str, price: Decimal) 
     the claims once QuestDB acknowledged the trades: a worker that dies in between leaves its
     leases to run out, and the rules are handed out again rather than lost."""
     db, acked = context.db, context.acked
-    claims = await timed(
-        "postgres",
-        "rules.claim_triggered",
-        db.relational.rules.claim_triggered(token, price, worker=f"simulation-{context.worker}"),
-    )
+    claimer = context.plan.claimer(context.worker)
+    claims = await db.relational.rules.claim_triggered(token, price, worker=claimer)
     if not claims:
         return
     claimed = [claim.rule for claim in claims]
@@ -67,9 +64,7 @@ async def execute_triggered(context: WorkerContext, token: str, price: Decimal) 
     modes = {trader.config.id: trader.config.mode for trader in context.plan.traders}
     for rule in claimed:
         if rule.trader_id not in modes:  # a rule an earlier run left open
-            config = await timed(
-                "postgres", "traders.get", db.relational.traders.get(rule.trader_id)
-            )
+            config = await db.relational.traders.get(rule.trader_id)
             modes[rule.trader_id] = config.mode if config is not None else TradingMode.PAPER
     now = datetime.now(UTC)
     trades = [
@@ -86,11 +81,13 @@ async def execute_triggered(context: WorkerContext, token: str, price: Decimal) 
         )
         for rule in claimed
     ]
-    started = time.perf_counter()
+    started = time.perf_counter_ns()
     await (await db.timeseries.writer.write_many(trades))
-    record("questdb", "rule trade write→ack", time.perf_counter() - started, len(trades))
+    LATENCIES.recorder("questdb", "rule trade write→ack").record_many(
+        time.perf_counter_ns() - started, len(trades)
+    )
     for claim in claims:
-        await timed("postgres", "rules.complete", db.relational.rules.complete(claim))
+        await db.relational.rules.complete(claim)
     acked.rules_executed.extend(rule.id for rule in claimed)
     source = f"rules-{context.worker}"
     ledger = acked.event_ledger(db.cache.streams.trade_events.name, source)
@@ -104,9 +101,7 @@ async def execute_triggered(context: WorkerContext, token: str, price: Decimal) 
         )
         for offset, rule in enumerate(claimed)
     ]
-    await timed(
-        "redis", "trade_events.publish_many", db.cache.streams.trade_events.publish_many(events)
-    )
+    await db.cache.streams.trade_events.publish_many(events)
     ledger.ack(first, len(claimed))
 
 
@@ -125,7 +120,7 @@ class RuleExecutor:
             if not tokens:
                 continue
             try:
-                latest = await timed("redis", "prices.get_prices", prices.get_prices(tokens))
+                latest = await prices.get_prices(tokens)
                 for token, price in latest.items():
                     if not self.context.running():
                         break

@@ -1,9 +1,10 @@
 """One run from start to verdict, and the ramp that finds the sustainable maximum.
 
-The parent process prepares the stores (the market's tokens, this run's traders), starts the
-UI's consumers, spreads the actors over ``workers`` processes (spawned, each with its own event
-loop and connections), starts them together, collects their progress and their
-acknowledgements, lets the UI drain the streams, then verifies.
+The parent process holds the platform node's id for the run (a second process playing the same
+node fails at start: ``NodeLease``), prepares the stores (the market's tokens, this run's
+traders), starts the UI's consumers, spreads the actors over ``workers`` processes (spawned,
+each with its own event loop and connections), starts them together, collects their progress
+and their acknowledgements, lets the UI drain the streams, then verifies.
 """
 
 from __future__ import annotations
@@ -25,10 +26,11 @@ from typing import Any
 import tradestore
 from tradestore.client import TradeStore
 from tradestore.errors import FieldProblem, InvalidInputError, TradestoreError
+from tradestore.observability.latency import added, summarise_totals
+from tradestore.relational import NodeLease
 from tradestore.settings import Settings
 from tradestore.simulation.dashboard import LiveView
 from tradestore.simulation.ids import Tally
-from tradestore.simulation.latency import LatencyRecorder
 from tradestore.simulation.market import QUOTES
 from tradestore.simulation.plan import RunPlan, make_plan
 from tradestore.simulation.profiles import Profile, StreamName
@@ -101,7 +103,7 @@ class Simulation:
             self.redraw()
 
     async def run(self) -> SimulationReport:
-        async with tradestore.connect(self.settings) as db:
+        async with NodeLease(self.settings), tradestore.connect(self.settings) as db:
             self._phase("preparing the stores")
             await prepare(db, self.plan)
             tui = TuiConsumer(db.cache, self.plan)
@@ -201,13 +203,11 @@ class Simulation:
             raise WorkerFailedError(min(set(range(self.workers)) - ready), "not ready in time", 69)
 
     def _report(self, tui: TuiConsumer, checks: list[Check]) -> SimulationReport:
-        latencies = LatencyRecorder()
         done: Counter[StreamName] = Counter()
         errors: Counter[str] = Counter(tui.errors)
         writer: Counter[str] = Counter()
         for result in self.results:
             progress = result.progress
-            latencies.merge(progress.latencies)
             done.update(progress.done)
             errors.update(progress.errors)
             stats = progress.writer
@@ -219,9 +219,9 @@ class Simulation:
             writer["peak_pending_bytes"] = max(
                 writer["peak_pending_bytes"], stats.peak_pending_bytes
             )
-        latencies.merge(tui.latency.export())
-        summaries = latencies.snapshot()
         load_s = max((result.load_s for result in self.results), default=0.0)
+        latencies = added(*(result.progress.latencies for result in self.results), tui.latencies())
+        summaries = summarise_totals(latencies, load_s)
         published = self._published()
         entries = {
             stream: {
@@ -233,6 +233,7 @@ class Simulation:
         }
         return SimulationReport(
             run_id=self.plan.run_id,
+            node_id=self.plan.node_id,
             profile=self.profile.name,
             seed=self.seed,
             workers=self.workers,

@@ -27,9 +27,8 @@ from tradestore.models import (
     TradingMode,
 )
 from tradestore.simulation.context import PositionKeys, WorkerContext
-from tradestore.simulation.counters import pause_after_error, timed
+from tradestore.simulation.counters import pause_after_error
 from tradestore.simulation.ids import Kind, Ledger, row_id
-from tradestore.simulation.latency import record
 from tradestore.simulation.market import PRICE_PLACES, USDC, SimToken, age_ms, sol_token
 from tradestore.simulation.pacing import TokenBucket, ticks
 from tradestore.simulation.plan import TraderSpec
@@ -89,11 +88,11 @@ class Trader:
     async def prepare(self) -> None:
         """Read this trader's limits and its tokens' metadata, as a trader does at start."""
         relational = self.context.db.relational
-        config = await timed("postgres", "traders.get", relational.traders.get(self.config.id))
+        config = await relational.traders.get(self.config.id)
         if config is not None:
             self.config = config
         for token in self.watch:
-            info = await timed("postgres", "tokens.get", relational.tokens.get(token.mint))
+            info = await relational.tokens.get(token.mint)
             self.info[token.mint] = info or token.info
         self._next_config = time.monotonic() + CONFIG_REFRESH_S
 
@@ -126,28 +125,26 @@ class Trader:
         relational = self.context.db.relational
         if now >= self._next_config:
             self._next_config = now + CONFIG_REFRESH_S
-            config = await timed("postgres", "traders.get", relational.traders.get(self.config.id))
+            config = await relational.traders.get(self.config.id)
             if config is not None:
                 self.config = config
         if now >= self._next_token:
             self._next_token = now + TOKEN_REFRESH_S
             token = self.watch[self._token_cursor % len(self.watch)]
             self._token_cursor += 1
-            info = await timed("postgres", "tokens.get", relational.tokens.get(token.mint))
+            info = await relational.tokens.get(token.mint)
             if info is not None:
                 self.info[token.mint] = info
 
     async def read_price(self, token: SimToken, *, near: bool = False) -> Decimal | None:
-        """A price from Redis (or the near cache), its age at the start of the read recorded."""
+        """A price from Redis (or the near cache), its age at the start of the read recorded
+        (the stores time the reads: ``price.get``, ``near_cache get.hit`` and ``fetch``)."""
         cache = self.context.db.cache
         read_ms = time.time_ns() // 1_000_000
-        started = time.perf_counter()
         if near:
             price = await cache.near.get_price(token.mint)
-            record("redis", "near.get_price", time.perf_counter() - started)
         else:
             price = await cache.prices.get_price(token.mint)
-            record("redis", "prices.get_price", time.perf_counter() - started)
         counters = self.context.counters
         if price is None:
             counters.price_misses += 1
@@ -292,7 +289,7 @@ class Trader:
             amount=money(self.held[index] * rng.uniform(0.1, 0.5)),
         )
         rules = self.context.db.relational.rules
-        created = await timed("postgres", "rules.create", rules.create(rule))
+        created = await rules.create(rule)
         self.context.acked.rules_created.append(created.id)
         self.book.add(created)
 
@@ -308,6 +305,6 @@ class Trader:
                     trades=self.trade_ledger.issued,
                 ),
             )
-            await timed("redis", "trade_events.publish", self.stream.publish(event))
+            await self.stream.publish(event)
             self.event_ledger.ack(first + offset, 1)
             self.context.counters.done[StreamName.EVENTS] += 1

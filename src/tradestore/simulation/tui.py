@@ -1,7 +1,9 @@
 """The terminal UI's side of the run: a consumer group on each event stream and a pub/sub
-subscriber, measuring how long an event takes from its publisher to the UI.
+subscriber, measuring how long an event takes from its publisher to the UI (into the process'
+latency registry, with the stores' own figures for its reads and acknowledgements).
 
-Entries of other runs (a stream keeps its last ~10,000 entries) are acknowledged and ignored.
+Entries of other runs (a stream keeps its last ~10,000 entries), this node's earlier ones and
+other platform nodes' running now, are acknowledged and ignored.
 """
 
 from __future__ import annotations
@@ -16,12 +18,11 @@ from collections.abc import Mapping
 from tradestore.cache import CacheStore, StreamConsumer
 from tradestore.errors import TradestoreError
 from tradestore.models import Event
+from tradestore.observability.latency import LATENCIES, Key, Totals, since
 from tradestore.simulation.counters import pause_after_error
 from tradestore.simulation.ids import Tally
-from tradestore.simulation.latency import LatencyRecorder
 from tradestore.simulation.plan import RunPlan
 
-GROUP = "tui"
 READ_BLOCK_MS = 100
 DRAIN_IDLE_S = 2.0
 
@@ -33,7 +34,7 @@ class TuiConsumer:
         streams = cache.streams
         names = (streams.price_updates.name, streams.trade_events.name, streams.ui_events.name)
         self.consumers: dict[str, StreamConsumer] = {
-            name: cache.consumer(name, GROUP, f"tui-{plan.run_id}") for name in names
+            name: cache.consumer(name, plan.tui_group, f"tui-{plan.run_id}") for name in names
         }
         self.tallies: dict[str, dict[str, Tally]] = {name: {} for name in names}
         self.read: Counter[str] = Counter()
@@ -41,11 +42,21 @@ class TuiConsumer:
         self.foreign: Counter[str] = Counter()
         self.errors: Counter[str] = Counter()
         self.pubsub_messages = 0
-        self.latency = LatencyRecorder()
+        self._before: dict[Key, Totals] = {}
+        self._recorded: dict[Key, Totals] | None = None
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
 
+    def latencies(self) -> dict[Key, Totals]:
+        """What this process recorded since ``start`` (until ``stop``): the UI's own figures."""
+        if self._recorded is not None:
+            return self._recorded
+        LATENCIES.fold()
+        return since(self._before, LATENCIES.totals())
+
     async def start(self) -> None:
+        LATENCIES.fold()
+        self._before = LATENCIES.totals()
         for consumer in self.consumers.values():
             await consumer.ensure_group()
         self._tasks = [
@@ -61,9 +72,7 @@ class TuiConsumer:
                 events = await consumer.read(block_ms=READ_BLOCK_MS)
                 if events:
                     self._count(stream, op, events)
-                    started = time.perf_counter()
                     await consumer.ack(events)
-                    self.latency.record("redis", "tui ack", time.perf_counter() - started)
             except TradestoreError as error:
                 self.errors[type(error).__name__] += 1
                 await pause_after_error()
@@ -71,6 +80,7 @@ class TuiConsumer:
     def _count(self, stream: str, op: str, events: list[Event]) -> None:
         now_ns = time.time_ns()
         tallies = self.tallies[stream]
+        recorder = LATENCIES.recorder("redis", op)
         for event in events:
             data = event.data
             if data.get("run") != self.plan.run_id:
@@ -85,13 +95,13 @@ class TuiConsumer:
                 tally = tallies[source] = Tally()
             tally.see(seq)
             self.read[stream] += 1
-            self.latency.record("redis", op, max(now_ns - sent_ns, 0) / 1e9)
+            recorder.record(max(now_ns - sent_ns, 0))
 
     async def _listen(self) -> None:
+        recorder = LATENCIES.recorder("redis", "pub/sub end-to-end (10 Hz)")
         async for message in self.cache.subscribe(self.plan.pubsub_channel):
             sent_ns = json.loads(message.data).get("sent_ns", 0)
-            delay_s = max(time.time_ns() - sent_ns, 0) / 1e9
-            self.latency.record("redis", "pub/sub end-to-end (10 Hz)", delay_s)
+            recorder.record(max(time.time_ns() - sent_ns, 0))
             self.pubsub_messages += 1
 
     async def drain(self, published: Mapping[str, int], timeout_s: float) -> None:
@@ -114,3 +124,4 @@ class TuiConsumer:
         with contextlib.suppress(asyncio.CancelledError):
             await listener
         await asyncio.gather(*self._tasks)
+        self._recorded = self.latencies()

@@ -12,7 +12,7 @@ import asyncio
 import time
 from collections import Counter
 from collections.abc import Awaitable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 from uuid import UUID
@@ -286,14 +286,15 @@ class Verifier:
         )
 
 
-def stream_checks(expected: Expected, read: dict[str, dict[str, Tally]]) -> list[Check]:
-    return [
+def stream_checks(expected: Expected, read: dict[str, dict[str, Tally]], group: str) -> list[Check]:
+    checks = [
         _exactly_once(
-            f"redis: {stream} read once by group tui",
+            f"redis: {stream} read once by the UI group",
             compare(expected.events.get(stream, {}), read.get(stream, {})),
         )
         for stream in sorted(expected.events.keys() | read.keys())
     ]
+    return [replace(check, detail=f"{check.detail} (group {group})") for check in checks]
 
 
 async def verify(
@@ -308,7 +309,7 @@ async def verify(
     verifier = Verifier(db, plan, expected, started)
     checks += await verifier.rows()
     checks += await verifier.rules()
-    checks += stream_checks(expected, read)
+    checks += stream_checks(expected, read, plan.tui_group)
     checks.append(verifier.prices())
     checks.append(await verifier.nodes())
     return checks

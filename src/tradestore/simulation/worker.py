@@ -21,7 +21,7 @@ from typing import Any
 
 import tradestore
 from tradestore.errors import TradestoreError
-from tradestore.simulation import latency
+from tradestore.observability.latency import LATENCIES, Key, Totals
 from tradestore.simulation.context import Acknowledged, WorkerContext
 from tradestore.simulation.feed import PriceFeed
 from tradestore.simulation.nodes import NodeMonitor
@@ -47,7 +47,8 @@ class Progress:
     """Stream entries Redis acknowledged, per stream."""
     errors: dict[str, int]
     writer: WriterStats
-    latencies: dict[latency.Key, bytes]
+    latencies: dict[Key, Totals]
+    """Every operation this process timed (the stores' and the actors'), since it started."""
     price_misses: int = 0
     price_ages: dict[int, int] = field(default_factory=dict)
     slowest_price_write_ms: int = 0
@@ -73,11 +74,16 @@ def _progress(context: WorkerContext, elapsed_s: float) -> Progress:
         },
         errors=dict(counters.errors),
         writer=context.db.timeseries.writer.stats(),
-        latencies=latency.RECORDER.export(),
+        latencies=_latencies(),
         price_misses=counters.price_misses,
         price_ages=dict(counters.price_ages),
         slowest_price_write_ms=counters.slowest_price_write_ms,
     )
+
+
+def _latencies() -> dict[Key, Totals]:
+    LATENCIES.fold()
+    return LATENCIES.totals()
 
 
 def worker_main(
