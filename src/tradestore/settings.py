@@ -27,10 +27,18 @@ import json
 from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Self
+from typing import Annotated, Any, ClassVar, Literal, Self
 from urllib.parse import quote
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic import ValidationError as PydanticValidationError
 from pydantic_settings import (
     BaseSettings,
@@ -62,7 +70,20 @@ UI_EVENTS = "stream:ui-events"
 Role = Literal["app", "owner", "superuser"]
 Port = int
 Seconds = float
-Interval = timedelta
+
+
+def _seconds_or_duration(value: Any) -> Any:  # noqa: ANN401 - before pydantic's own parsing
+    """``"90"`` (from the environment) as 90 seconds; ``"PT1H"``, ``"1 day"`` left to pydantic."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+Interval = Annotated[timedelta, BeforeValidator(_seconds_or_duration)]
+"""A period: seconds, or ISO 8601 (``PT1H``, ``P1D``)."""
 
 
 def _port(default: int) -> Any:  # noqa: ANN401 - a pydantic FieldInfo

@@ -98,7 +98,6 @@ def serve(
     """
     settings = settings_of(ctx)
     port = metrics_port if metrics_port is not None else settings.observability.metrics_port
-    _log_to_stderr()
 
     async def work() -> list[RunOutcome]:
         if run_all and not once:
@@ -109,6 +108,7 @@ def serve(
             jobs=_selected(jobs),
             metrics_port=None if once else (DEFAULT_METRICS_PORT if port is None else port),
         )
+        _log_to_stderr()
         if once:
             return await until_stopped(service, lambda: service.run_once(force=run_all))
         await until_stopped(service, service.run_forever)
