@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import socket
 import urllib.error
 import urllib.request
 from datetime import UTC, datetime, timedelta
@@ -22,7 +23,7 @@ from tests.support import TRADESTORE, cli_env, postgres, tradestore, wait_for
 from tests.test_cli import secrets_of
 from tests.timeseries_support import fetch, make_trades, scalar, wait_applied
 from tradestore.cli.main import app
-from tradestore.errors import ConfigError, InvalidInputError, JobsFailedError
+from tradestore.errors import ConfigError, InvalidInputError, JobsFailedError, ServeAbortedError
 from tradestore.operations import list_backups
 from tradestore.operations.schedule import JOB_NAMES, JOBS
 from tradestore.operations.service import OperationsService
@@ -182,6 +183,9 @@ async def test_once_runs_every_job_and_each_leaves_its_effect(
     # The old partition is Parquet now, with the same rows.
     assert await _is_parquet(settings, partition)
     assert await _rows_of(settings, trader) == 200
+    # Native again, for tests that filter rows they write there by trader (see _rows_of).
+    await fetch(settings, f"ALTER TABLE trades CONVERT PARTITION TO NATIVE LIST '{partition}'")
+    await wait_applied(settings, "trades")
     # A snapshot in the directory the settings name, and the backups pgBackRest lists.
     [snapshot] = entries(snapshots)
     assert str(snapshot) == outcomes["questdb-snapshot"]["result"]["path"]
@@ -299,6 +303,40 @@ async def test_sigterm_lets_the_running_job_finish_and_starts_no_other(
     assert outcomes["metrics-snapshot"]["status"] == "stopped"
     label = outcomes["backup-full"]["result"]["backup"]["label"]
     assert label in {backup.label for backup in await list_backups(settings)}
+
+
+async def test_a_stop_signal_in_a_backoff_ends_the_run_with_its_error(settings: Settings) -> None:
+    await forget(settings, "retention")
+    env = serve_env(settings, job_attempts="5", job_retry_initial_s="600")
+    env["TRADESTORE_QUESTDB__PG_PORT"] = str(extra_port(settings, 45))  # nothing listens there
+    process = await start_serve(env, "--once", "--json", "--job", "retention")
+    await until_logged(process, "job-retry", job="retention")  # now waiting 600 s to retry
+    process.send_signal(signal.SIGTERM)
+    stdout, _ = await asyncio.wait_for(process.communicate(), STDERR_TIMEOUT_S)
+
+    assert process.returncode == JobsFailedError.exit_code
+    outcome = by_job(json.loads(stdout))["retention"]
+    assert (outcome["status"], outcome["attempts"]) == ("failed", 1)
+
+
+async def test_a_second_signal_abandons_the_running_job(settings: Settings) -> None:
+    await forget(settings, "retention")
+    with socket.socket() as silent:  # accepts connections (the kernel does) and never answers
+        silent.bind(("127.0.0.1", extra_port(settings, 46)))
+        silent.listen()
+        env = cli_env(settings) | {
+            "TRADESTORE_QUESTDB__PG_PORT": str(silent.getsockname()[1]),
+            "TRADESTORE_QUESTDB__CONNECT_TIMEOUT_S": "600",
+        }
+        process = await start_serve(env, "--once", "--json", "--job", "retention")
+        await until_logged(process, "job-start", job="retention")
+        process.send_signal(signal.SIGTERM)
+        await until_logged(process, "stopping")
+        process.send_signal(signal.SIGTERM)
+        stdout, _ = await asyncio.wait_for(process.communicate(), STDERR_TIMEOUT_S)
+
+    assert process.returncode == ServeAbortedError.exit_code
+    assert json.loads(stdout)["error"] == "ServeAbortedError"
 
 
 @pytest.mark.drill

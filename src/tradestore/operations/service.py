@@ -344,9 +344,11 @@ class OperationsService(Lifecycle):
         )
 
     async def _attempt(self, job: Job) -> tuple[int, JobResult | None, str | None]:
-        """Run ``job`` with retries: (attempts, its result, or the last error)."""
+        """Run ``job`` with retries: (attempts, its result, or the last error). A stop signal
+        cuts a backoff short and ends the run with the error it was waiting to retry."""
         operations = self.settings.operations
         attempts = 0
+        failure: BaseException | None = None
         retrying = AsyncRetrying(
             stop=stop_after_attempt(operations.job_attempts),
             wait=wait_exponential(
@@ -354,13 +356,23 @@ class OperationsService(Lifecycle):
             ),
             retry=self._retryable,
             before_sleep=lambda state: self._retrying(job, state),
+            sleep=self._pause,
             reraise=True,
         )
+
+        async def once() -> JobResult:
+            nonlocal attempts, failure
+            if failure is not None and self.stopping:
+                raise failure
+            attempts += 1
+            try:
+                return await job.run(self._context)
+            except Exception as error:
+                failure = error
+                raise
+
         try:
-            async for attempt in retrying:
-                with attempt:
-                    attempts += 1
-                    result = await job.run(self._context)
+            result: JobResult = await retrying(once)
         except Exception as error:  # every failure is reported; a bug in one job stops no other
             return attempts, None, self._redact(f"{type(error).__name__}: {error}")
         return attempts, result, None
