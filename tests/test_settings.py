@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import socket
 import typing
+from datetime import timedelta
 from pathlib import Path
 from typing import Literal
 
@@ -160,6 +161,8 @@ def _changed_value(name: str, field: FieldInfo) -> tuple[str, object]:  # noqa: 
         return str(changed_float), changed_float
     if isinstance(default, str):
         return default + "x", default + "x"
+    if isinstance(default, timedelta):  # seconds, as the environment gives them
+        return str(default.total_seconds() * 2), default * 2
     if isinstance(default, dict):
         value = {"stream:elsewhere": ["g"]}
         return json.dumps(value), value

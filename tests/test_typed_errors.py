@@ -178,6 +178,7 @@ def _valid_calls(m: dict[str, Any]) -> dict[type, dict[str, dict[str, Any]]]:
             "latest_per_node": {},
             "latest": {"node": "https://typed.example.com"},
             "circuit_state": {"node": "https://typed.example.com"},
+            "prune": {"before": datetime(2000, 1, 1, tzinfo=UTC)},  # older than any report
         },
         PriceCache: {
             "set_price": {"token": m["mint"], "price": Decimal("1.5")},

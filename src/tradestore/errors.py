@@ -174,3 +174,19 @@ class VerificationError(TradestoreError):
     def __init__(self, failed: Sequence[str]) -> None:
         self.failed = tuple(failed)
         super().__init__(f"verification failed: {', '.join(self.failed)}")
+
+
+class JobsFailedError(TradestoreError):
+    """``tradestore serve --once``: a job still failed after its retries (the others ran)."""
+
+    exit_code = 75  # EX_TEMPFAIL: a cron or systemd timer tries again at its next run
+
+    def __init__(self, failed: Sequence[str]) -> None:
+        self.failed = tuple(failed)
+        super().__init__(f"job(s) failed: {', '.join(self.failed)}")
+
+
+class ServeAbortedError(TradestoreError):
+    """``tradestore serve`` got a second stop signal and abandoned the job it was running."""
+
+    exit_code = 130  # 128 + SIGINT, as a shell reports an interrupted command

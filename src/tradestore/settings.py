@@ -27,12 +27,14 @@ import json
 import re
 import socket
 from collections.abc import Mapping
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Self
 from urllib.parse import quote
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     SecretStr,
@@ -77,6 +79,20 @@ _NODE_ID: TypeAdapter[str] = TypeAdapter(NodeId)
 Role = Literal["app", "owner", "superuser"]
 Port = int
 Seconds = float
+
+
+def _seconds_or_duration(value: Any) -> Any:  # noqa: ANN401 - before pydantic's own parsing
+    """``"90"`` (from the environment) as 90 seconds; ``"PT1H"``, ``"1 day"`` left to pydantic."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+Interval = Annotated[timedelta, BeforeValidator(_seconds_or_duration)]
+"""A period: seconds, or ISO 8601 (``PT1H``, ``P1D``)."""
 
 
 def _port(default: int) -> Any:  # noqa: ANN401 - a pydantic FieldInfo
@@ -438,6 +454,26 @@ class OperationsSettings(StoreSettings):
     """Partitions wholly older than this many days are converted to Parquet."""
     export_timeout_s: float = Field(default=60.0, gt=0)
     """Longest silence from QuestDB's ``/exp`` while streaming, not the whole export."""
+
+    # ``tradestore serve``: how often each job runs (a number of seconds or ISO 8601, "PT1H").
+    retention_every: Interval = Field(default=timedelta(hours=1), gt=timedelta(0))
+    node_health_prune_every: Interval = Field(default=timedelta(hours=1), gt=timedelta(0))
+    node_health_max_age: Interval = Field(default=timedelta(days=7), gt=timedelta(0))
+    """Reports older than this are pruned; each node's newest report (its breaker) stays."""
+    backup_full_every: Interval = Field(default=timedelta(days=1), gt=timedelta(0))
+    backup_incr_every: Interval = Field(default=timedelta(hours=1), gt=timedelta(0))
+    snapshot_every: Interval = Field(default=timedelta(days=1), gt=timedelta(0))
+    compress_every: Interval = Field(default=timedelta(hours=6), gt=timedelta(0))
+    wal_check_every: Interval = Field(default=timedelta(minutes=1), gt=timedelta(0))
+    metrics_snapshot_every: Interval = Field(default=timedelta(minutes=1), gt=timedelta(0))
+    job_attempts: int = Field(default=3, ge=1, le=20)
+    """Tries of one run of a job before it is reported failed."""
+    job_retry_initial_s: Seconds = Field(default=1.0, gt=0)
+    job_retry_max_s: Seconds = Field(default=60.0, gt=0)
+    job_failed_pause: Interval = Field(default=timedelta(minutes=10), gt=timedelta(0))
+    """After a failed run, ``serve`` tries that job again no sooner (at most its interval)."""
+    unhealthy_after_failures: int = Field(default=2, ge=1)
+    """Consecutive failed runs of one job that make ``/healthz`` of ``serve`` answer 503."""
 
 
 class ObservabilitySettings(StoreSettings):

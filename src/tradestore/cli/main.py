@@ -13,6 +13,7 @@ from tradestore.cache import apply_schema as apply_redis_schema
 from tradestore.cli import backup as backup_cli
 from tradestore.cli import export as export_cli
 from tradestore.cli import relational as relational_cli
+from tradestore.cli import serve as serve_cli
 from tradestore.cli import simulate as simulate_cli
 from tradestore.cli import stack
 from tradestore.cli import timeseries as timeseries_cli
@@ -35,6 +36,7 @@ app.add_typer(relational_cli.app, name="migrate")
 app.add_typer(backup_cli.app, name="backup")
 app.command()(export_cli.export)
 app.command()(top_cli.top)
+app.command()(serve_cli.serve)
 app.command()(simulate_cli.simulate)
 
 SCHEMAS = (

@@ -50,10 +50,17 @@ class MetricsServer:
     """Serves one collector registry and a health check until ``close()``."""
 
     def __init__(
-        self, host: str, port: int, registry: CollectorRegistry, refresh: Callable[[], Reading]
+        self,
+        host: str,
+        port: int,
+        registry: CollectorRegistry,
+        refresh: Callable[[], Reading],
+        health: Callable[[Reading], dict[str, Any]] = health_document,
     ) -> None:
+        """``health`` makes the ``/healthz`` document (its ``healthy`` decides 200 or 503)."""
         self._metrics = make_wsgi_app(registry)
         self._refresh = refresh
+        self._health = health
         try:
             self._httpd: WSGIServer = make_server(
                 host, port, self._app, ThreadingWSGIServer, handler_class=_Quiet
@@ -79,7 +86,7 @@ class MetricsServer:
             self._refresh()
             return self._metrics(environ, start_response)  # type: ignore[no-any-return]
         if path == "/healthz":
-            document = health_document(self._refresh())
+            document = self._health(self._refresh())
             status = "200 OK" if document["healthy"] else "503 Service Unavailable"
             body = json.dumps(document).encode()
             start_response(status, [("Content-Type", "application/json")])

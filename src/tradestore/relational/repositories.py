@@ -19,7 +19,7 @@ from typing import Annotated, Any, TypeVar, cast
 from uuid import UUID
 
 from asyncpg import exceptions as pg_errors
-from pydantic import Field, JsonValue, StringConstraints
+from pydantic import AwareDatetime, Field, JsonValue, StringConstraints
 
 from tradestore.errors import (
     AmbiguousSymbolError,
@@ -576,6 +576,18 @@ class NodeHealthRepository(Repository):
             self._scope(shared),
         )
         return None if row is None else NodeHealth(**row)
+
+    @timed("postgres", "nodes.prune")
+    @public
+    async def prune(self, before: AwareDatetime) -> int:
+        """Delete reports observed before ``before``, except each node's newest (its breaker
+        state stays known however long the node was quiet); returns how many were deleted."""
+        status: str = await self._db.execute(
+            "DELETE FROM node_health AS h WHERE observed_at < $1 AND observed_at <"
+            " (SELECT max(observed_at) FROM node_health WHERE node = h.node)",
+            before,
+        )
+        return int(status.rsplit(maxsplit=1)[-1])
 
     @public
     async def circuit_state(self, node: NodeName, *, shared: bool = False) -> CircuitState | None:
