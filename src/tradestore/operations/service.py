@@ -168,7 +168,7 @@ class OperationsService(Lifecycle):
     ) -> None:
         self.settings = settings
         self.jobs = tuple(jobs)
-        self.instance = settings.observability.instance or default_instance()
+        self.instance = settings.observability.instance or default_instance(settings)
         self.states = {job.name: JobState() for job in self.jobs}
         self._metrics_port = metrics_port
         self._stopping = asyncio.Event()
