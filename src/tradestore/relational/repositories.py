@@ -82,10 +82,12 @@ def _refused(model: str, field: str) -> Iterator[None]:
 
 
 class Repository:
-    """Queries of one table over the shared pool."""
+    """Queries of one table over the shared pool; read-only calls over ``reads`` (a pool that
+    prefers the standby), everything else, claims included, over ``database`` (the primary)."""
 
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Database, reads: Database | None = None) -> None:
         self._db = database
+        self._reads = reads or database
         self._settings = database.settings.postgres
 
 
@@ -152,7 +154,7 @@ class TokenRepository(Repository):
     @public
     async def get(self, address: SolanaAddress) -> TokenInfo | None:
         """The mint with exactly this address, or None; a string that is no address is refused."""
-        row = await self._db.fetchrow(
+        row = await self._reads.fetchrow(
             f"SELECT {MINT_COLUMNS} FROM tokens WHERE address = $1",  # noqa: S608
             address,
         )
@@ -162,7 +164,7 @@ class TokenRepository(Repository):
     @public
     async def find_by_symbol(self, symbol: TokenSymbol) -> list[TokenInfo]:
         """The mints with exactly this symbol (case-sensitive), ordered by address; the first 50."""
-        rows = await self._db.fetch(
+        rows = await self._reads.fetch(
             f"SELECT {MINT_COLUMNS} FROM tokens WHERE symbol = $1"  # noqa: S608
             " ORDER BY address LIMIT $2",
             symbol,
@@ -185,7 +187,7 @@ class TokenRepository(Repository):
     ) -> list[TokenInfo]:
         """A page of mints in address order, after ``after`` (the last address seen, or a
         prefix); a cursor with a character base58 has not is refused."""
-        rows = await self._db.fetch(
+        rows = await self._reads.fetch(
             f"SELECT {MINT_COLUMNS} FROM tokens"  # noqa: S608
             " WHERE address > coalesce($1, '') ORDER BY address LIMIT $2",
             after,
@@ -239,7 +241,7 @@ class TraderRepository(Repository):
     @timed("postgres", "traders.get")
     @public
     async def get(self, trader_id: UUID) -> TraderConfig | None:
-        row = await self._db.fetchrow(
+        row = await self._reads.fetchrow(
             f"SELECT {TRADER_COLUMNS} FROM trader_config WHERE id = $1",  # noqa: S608
             trader_id,
         )
@@ -266,7 +268,7 @@ class TraderRepository(Repository):
     @timed("postgres", "traders.list_all")
     @public
     async def list_all(self) -> list[TraderConfig]:
-        rows = await self._db.fetch(
+        rows = await self._reads.fetch(
             f"SELECT {TRADER_COLUMNS} FROM trader_config ORDER BY name, id"  # noqa: S608
         )
         return [TraderConfig(**row) for row in rows]
@@ -349,7 +351,7 @@ class OrderRuleRepository(Repository):
     @timed("postgres", "rules.get")
     @public
     async def get(self, rule_id: UUID) -> OrderRule | None:
-        row = await self._db.fetchrow(
+        row = await self._reads.fetchrow(
             f"SELECT {RULE_COLUMNS} FROM order_rules WHERE id = $1",  # noqa: S608
             rule_id,
         )
@@ -365,7 +367,7 @@ class OrderRuleRepository(Repository):
             raise InvalidInputError(
                 "OrderRule query", [FieldProblem("trader_id|token", "give at least one")]
             )
-        rows = await self._db.fetch(
+        rows = await self._reads.fetch(
             f"""
             SELECT {RULE_COLUMNS} FROM order_rules
             WHERE triggered_at IS NULL
@@ -498,7 +500,7 @@ class NodeHealthRepository(Repository):
     @public
     async def latest_per_node(self) -> list[NodeHealth]:
         """The newest report of every node, ordered by node."""
-        rows = await self._db.fetch(
+        rows = await self._reads.fetch(
             f"SELECT DISTINCT ON (node) {HEALTH_COLUMNS} FROM node_health"  # noqa: S608
             " ORDER BY node, observed_at DESC"
         )
@@ -508,7 +510,7 @@ class NodeHealthRepository(Repository):
     @public
     async def latest(self, node: NodeName) -> NodeHealth | None:
         """The newest report of one node (its URL is normalised as when it was recorded)."""
-        row = await self._db.fetchrow(
+        row = await self._reads.fetchrow(
             f"SELECT {HEALTH_COLUMNS} FROM node_health WHERE node = $1"  # noqa: S608
             " ORDER BY observed_at DESC LIMIT 1",
             node,

@@ -7,7 +7,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 LATENCY_SAMPLES = 5
 
@@ -24,6 +24,9 @@ class ServerStatus:
     version: str | None = None
     latency_ms: float | None = None
     error: str | None = None
+    role: str | None = None
+    lag_bytes: int | None = None
+    lag_s: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -53,6 +56,23 @@ class ManagedServer(Protocol):
         """The server's version and the median round trip of a real query, in ms."""
 
 
+@dataclass(frozen=True, slots=True)
+class Replication:
+    """A replicated server's role and lag behind its primary (bytes of WAL, seconds); on a
+    primary, its standby's; None where there is nothing to measure."""
+
+    role: str
+    lag_bytes: int | None
+    lag_s: float | None
+
+
+@runtime_checkable
+class ReplicatedServer(Protocol):
+    """A server that can say its role in a replicated topology."""
+
+    async def replication(self) -> Replication: ...
+
+
 async def server_status(server: ManagedServer) -> ServerStatus:
     """Report one server; a server that does not answer is reported, never raised."""
     pid = server.running_pid()
@@ -60,6 +80,9 @@ async def server_status(server: ManagedServer) -> ServerStatus:
         return ServerStatus(server.name, False, server.address, server.log_file)
     try:
         version, latency_ms = await server.measure()
+        replication = (
+            asdict(await server.replication()) if isinstance(server, ReplicatedServer) else {}
+        )
     except Exception as error:  # status reports any failure; it never raises
         return ServerStatus(
             server.name, True, server.address, server.log_file, pid=pid, error=str(error)
@@ -72,6 +95,7 @@ async def server_status(server: ManagedServer) -> ServerStatus:
         pid=pid,
         version=version,
         latency_ms=latency_ms,
+        **replication,
     )
 
 

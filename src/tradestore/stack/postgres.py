@@ -32,13 +32,14 @@ import pwd
 import shutil
 import signal
 from pathlib import Path
+from typing import cast
 
 import asyncpg
 
 from tradestore.errors import PrerequisiteError, StackError
 from tradestore.peers import current_user
 from tradestore.settings import PostgresSettings, Role, Settings
-from tradestore.stack.base import median_round_trip_ms
+from tradestore.stack.base import Replication, median_round_trip_ms
 from tradestore.stack.lock import stack_lock
 from tradestore.stack.pgbackrest import PgBackRest
 from tradestore.stack.process import (
@@ -70,7 +71,11 @@ HBA = (
     "local all all scram-sha-256\n"
     "host all all 127.0.0.1/32 scram-sha-256\n"
     "host all all ::1/128 scram-sha-256\n"
+    "# A standby's copy and its stream (roles with REPLICATION: the superuser), socket only.\n"
+    "local replication all scram-sha-256\n"
 )
+FENCE_FILE = "fenced"
+"""Beside a cluster fenced by a failover: it must not start as a primary again."""
 CLUSTERS_DIR = "tradestore"
 """Under the postgres user's home: the clusters of the stacks run as root."""
 
@@ -212,6 +217,32 @@ async def stop_cluster(data_dir: Path) -> bool:
     return True
 
 
+async def replication_state(connection: asyncpg.Connection) -> Replication:
+    """A cluster's role and how far its standby lags (on a primary, from pg_stat_replication;
+    None without one) or it lags itself (on a standby: WAL received but not replayed, and the
+    age of the last transaction replayed, 0 once everything received is replayed)."""
+    if await connection.fetchval("SELECT pg_is_in_recovery()"):
+        row = await connection.fetchrow(
+            """
+            SELECT pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())::bigint
+                       AS lag_bytes,
+                   CASE WHEN pg_last_wal_receive_lsn() IS NOT DISTINCT FROM pg_last_wal_replay_lsn()
+                        THEN 0.0
+                        ELSE extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8
+                   END AS lag_s
+            """
+        )
+        return Replication("standby", *cast(asyncpg.Record, row).values())
+    row = await connection.fetchrow(
+        """
+        SELECT max(pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn))::bigint AS lag_bytes,
+               max(coalesce(extract(epoch FROM replay_lag), 0))::float8 AS lag_s
+        FROM pg_stat_replication
+        """
+    )
+    return Replication("primary", *cast(asyncpg.Record, row).values())  # an aggregate: one row
+
+
 async def require_promoted(connection: asyncpg.Connection) -> None:
     """Raise NotReadyError while the cluster replays WAL (``wait_until_ready`` retries it)."""
     if await connection.fetchval("SELECT pg_is_in_recovery()"):
@@ -250,6 +281,17 @@ class PostgresServer:
 
     def running_pid(self) -> int | None:
         return postmaster_pid(self.data_dir)
+
+    @property
+    def fence_file(self) -> Path:
+        return self.root / FENCE_FILE
+
+    def fence(self) -> None:
+        """Keep this cluster from starting: its standby is about to be promoted."""
+        write_private(self.fence_file, "a failover promoted the standby\n")
+
+    def unfence(self) -> None:
+        self.fence_file.unlink(missing_ok=True)
 
     def _place_cluster(self) -> None:
         """As root: the cluster's directory under ~postgres, and the data directory's link to it.
@@ -432,6 +474,13 @@ class PostgresServer:
             await self.backrest.ensure_stanza()
 
     async def _start(self) -> None:
+        if self.fence_file.exists():
+            raise StackError(
+                NAME,
+                "fenced by a failover: its standby was promoted and takes the writes; run "
+                "`tradestore stack rebuild postgres` to make the promoted cluster the primary",
+                self.log_file,
+            )
         require_free_ports(NAME, self.config.host, [self.config.port], self.log_file)
         require_short_socket_path(NAME, self.socket, self.log_file)
         self._place_cluster()
@@ -448,6 +497,13 @@ class PostgresServer:
     async def down(self) -> bool:
         async with stack_lock(self.stack_dir):
             return await stop_cluster(self.data_dir)
+
+    async def replication(self) -> Replication:
+        connection = await self._connect("superuser", database="postgres")
+        try:
+            return await replication_state(connection)
+        finally:
+            await connection.close()
 
     async def measure(self) -> tuple[str, float]:
         connection = await self._connect("app")
