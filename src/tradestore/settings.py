@@ -220,6 +220,19 @@ class PostgresSettings(SocketSettings):
             return None
         return self.standby_socket_dir / self.socket_template.format(port=self.standby_port)
 
+    def standby_only(self) -> PostgresSettings | None:
+        """Settings that reach the standby alone (a probe of its lag), or None without one."""
+        if self.standby_port is None:
+            return None
+        return self.model_copy(
+            update={
+                "host": self.standby_host or self.host,
+                "port": self.standby_port,
+                "socket_dir": self.standby_socket_dir,
+                "standby_port": None,
+            }
+        )
+
     def standby_address(self) -> tuple[str, int] | None:
         """The standby's host (or socket directory) and port, or None without a standby."""
         if self.standby_port is None:

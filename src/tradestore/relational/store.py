@@ -95,10 +95,17 @@ class RelationalStore(Lifecycle):
         applied = await asyncio.to_thread(apply_migrations, self.settings, source)
         if applied:
             await self._database.reset()
+            if self._reads is not self._database:
+                await self._reads.reset()
         return applied
 
     def pool_stats(self) -> PoolStats:
         return self._database.stats()
 
+    def read_pool_stats(self) -> PoolStats:
+        """The pool read-only calls use: the primary's own without a standby."""
+        return self._reads.stats()
+
     async def close(self) -> None:
+        await self._reads.close()
         await self._database.close()

@@ -9,6 +9,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from tradestore.relational.replication import Replication
+
 LATENCY_SAMPLES = 5
 
 
@@ -54,16 +56,6 @@ class ManagedServer(Protocol):
 
     async def measure(self) -> tuple[str, float]:
         """The server's version and the median round trip of a real query, in ms."""
-
-
-@dataclass(frozen=True, slots=True)
-class Replication:
-    """A replicated server's role and lag behind its primary (bytes of WAL, seconds); on a
-    primary, its standby's; None where there is nothing to measure."""
-
-    role: str
-    lag_bytes: int | None
-    lag_s: float | None
 
 
 @runtime_checkable

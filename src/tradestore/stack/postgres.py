@@ -32,14 +32,14 @@ import pwd
 import shutil
 import signal
 from pathlib import Path
-from typing import cast
 
 import asyncpg
 
 from tradestore.errors import PrerequisiteError, StackError
 from tradestore.peers import current_user
+from tradestore.relational.replication import Replication, replication_state
 from tradestore.settings import PostgresSettings, Role, Settings
-from tradestore.stack.base import Replication, median_round_trip_ms
+from tradestore.stack.base import median_round_trip_ms
 from tradestore.stack.lock import stack_lock
 from tradestore.stack.pgbackrest import PgBackRest
 from tradestore.stack.process import (
@@ -215,32 +215,6 @@ async def stop_cluster(data_dir: Path) -> bool:
         return False
     await terminate(pid, timeout_s=STOP_TIMEOUT_S, first_signal=signal.SIGINT)
     return True
-
-
-async def replication_state(connection: asyncpg.Connection) -> Replication:
-    """A cluster's role and how far its standby lags (on a primary, from pg_stat_replication;
-    None without one) or it lags itself (on a standby: WAL received but not replayed, and the
-    age of the last transaction replayed, 0 once everything received is replayed)."""
-    if await connection.fetchval("SELECT pg_is_in_recovery()"):
-        row = await connection.fetchrow(
-            """
-            SELECT pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())::bigint
-                       AS lag_bytes,
-                   CASE WHEN pg_last_wal_receive_lsn() IS NOT DISTINCT FROM pg_last_wal_replay_lsn()
-                        THEN 0.0
-                        ELSE extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8
-                   END AS lag_s
-            """
-        )
-        return Replication("standby", *cast(asyncpg.Record, row).values())
-    row = await connection.fetchrow(
-        """
-        SELECT max(pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn))::bigint AS lag_bytes,
-               max(coalesce(extract(epoch FROM replay_lag), 0))::float8 AS lag_s
-        FROM pg_stat_replication
-        """
-    )
-    return Replication("primary", *cast(asyncpg.Record, row).values())  # an aggregate: one row
 
 
 async def require_promoted(connection: asyncpg.Connection) -> None:

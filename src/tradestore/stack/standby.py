@@ -24,8 +24,9 @@ from dataclasses import dataclass
 import asyncpg
 
 from tradestore.errors import StackError
+from tradestore.relational.replication import Replication, replication_state
 from tradestore.settings import PostgresSettings, Settings
-from tradestore.stack.base import Replication, median_round_trip_ms
+from tradestore.stack.base import median_round_trip_ms
 from tradestore.stack.lock import stack_lock
 from tradestore.stack.postgres import (
     CONFIG_INCLUDE,
@@ -37,7 +38,6 @@ from tradestore.stack.postgres import (
     as_cluster_owner,
     pg_bin,
     postmaster_pid,
-    replication_state,
     server_config,
     start_cluster,
     stop_cluster,
