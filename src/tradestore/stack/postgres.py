@@ -217,6 +217,25 @@ async def stop_cluster(data_dir: Path) -> bool:
     return True
 
 
+async def measure_cluster(config: PostgresSettings) -> tuple[str, float]:
+    """A cluster's version and median round trip, as the app role (``ManagedServer.measure``)."""
+    connection = await asyncpg.connect(**config.connect_arguments("app"))
+    try:
+        version = str(await connection.fetchval("SHOW server_version")).split()[0]
+        return version, await median_round_trip_ms(lambda: connection.fetchval("SELECT 1"))
+    finally:
+        await connection.close()
+
+
+async def cluster_replication(config: PostgresSettings) -> Replication:
+    """A cluster's role and lag, as the superuser (who may read ``pg_stat_replication``)."""
+    connection = await asyncpg.connect(**config.connect_arguments("superuser", "postgres"))
+    try:
+        return await replication_state(connection)
+    finally:
+        await connection.close()
+
+
 async def require_promoted(connection: asyncpg.Connection) -> None:
     """Raise NotReadyError while the cluster replays WAL (``wait_until_ready`` retries it)."""
     if await connection.fetchval("SELECT pg_is_in_recovery()"):
@@ -473,16 +492,7 @@ class PostgresServer:
             return await stop_cluster(self.data_dir)
 
     async def replication(self) -> Replication:
-        connection = await self._connect("superuser", database="postgres")
-        try:
-            return await replication_state(connection)
-        finally:
-            await connection.close()
+        return await cluster_replication(self.config)
 
     async def measure(self) -> tuple[str, float]:
-        connection = await self._connect("app")
-        try:
-            version = str(await connection.fetchval("SHOW server_version")).split()[0]
-            return version, await median_round_trip_ms(lambda: connection.fetchval("SELECT 1"))
-        finally:
-            await connection.close()
+        return await measure_cluster(self.config)

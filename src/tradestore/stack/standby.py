@@ -24,9 +24,8 @@ from dataclasses import dataclass
 import asyncpg
 
 from tradestore.errors import StackError
-from tradestore.relational.replication import Replication, replication_state
+from tradestore.relational.replication import Replication
 from tradestore.settings import PostgresSettings, Settings
-from tradestore.stack.base import median_round_trip_ms
 from tradestore.stack.lock import stack_lock
 from tradestore.stack.postgres import (
     CONFIG_INCLUDE,
@@ -36,6 +35,8 @@ from tradestore.stack.postgres import (
     SYSTEM_USER,
     PostgresServer,
     as_cluster_owner,
+    cluster_replication,
+    measure_cluster,
     pg_bin,
     postmaster_pid,
     server_config,
@@ -180,27 +181,15 @@ class StandbyServer:
         async with stack_lock(self.stack_dir):
             return await stop_cluster(self.data_dir)
 
-    async def _connect(self) -> asyncpg.Connection:
-        return await asyncpg.connect(**self.config.connect_arguments("superuser", "postgres"))
-
     async def measure(self) -> tuple[str, float]:
-        connection = await asyncpg.connect(**self.config.connect_arguments("app"))
-        try:
-            version = str(await connection.fetchval("SHOW server_version")).split()[0]
-            return version, await median_round_trip_ms(lambda: connection.fetchval("SELECT 1"))
-        finally:
-            await connection.close()
+        return await measure_cluster(self.config)
 
     async def replication(self) -> Replication:
-        connection = await self._connect()
-        try:
-            return await replication_state(connection)
-        finally:
-            await connection.close()
+        return await cluster_replication(self.config)
 
     async def promote(self) -> None:
         """``pg_promote()``, waiting until the standby takes writes."""
-        connection = await self._connect()
+        connection = await asyncpg.connect(**self.config.connect_arguments("superuser", "postgres"))
         try:
             if not await connection.fetchval("SELECT pg_is_in_recovery()"):
                 return
