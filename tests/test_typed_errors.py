@@ -211,7 +211,11 @@ def _valid_calls(m: dict[str, Any]) -> dict[type, dict[str, dict[str, Any]]]:
             "consumer": {"stream": "stream:typed", "group": "g", "consumer": "c"},
         },
         CoalescingPublisher: {"offer": {"channel": "ui:typed", "message": "m"}},
-        RelationalStore: {"migrate": {"source": MIGRATIONS_DIR}, "pool_stats": {}},
+        RelationalStore: {
+            "migrate": {"source": MIGRATIONS_DIR},
+            "pool_stats": {},
+            "read_pool_stats": {},
+        },
     }
 
 

@@ -23,7 +23,7 @@ import os
 import pwd
 import socket
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import psutil
@@ -99,6 +99,21 @@ def require_socket_peer(path: Path, user: str) -> None:
             f"{path.parent} may be written by users other than {user}, so its socket could "
             "be replaced: no credentials were sent"
         )
+
+
+def require_any_socket_peer(paths: Sequence[Path], user: str) -> None:
+    """``require_socket_peer`` for a client given several servers (a primary and its standby)
+    that cannot say which one asks for the password: every socket that is served must pass, and
+    at least one must be."""
+    served = 0
+    for path in paths:
+        try:
+            require_socket_peer(path, user)
+        except OSError:
+            continue  # nobody listens there: that server cannot be the one asking
+        served += 1
+    if not served:
+        raise StoreUnavailableError(f"none of {', '.join(map(str, paths))} is served")
 
 
 def _anything_listens(host: str, port: int) -> bool:

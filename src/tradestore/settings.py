@@ -23,6 +23,7 @@ stopped server's place receives none.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import socket
@@ -58,6 +59,7 @@ from tradestore.peers import (
     GuardedSecret,
     StackProcessCheck,
     current_user,
+    require_any_socket_peer,
     require_socket_peer,
     trust_any_listener,
 )
@@ -77,6 +79,7 @@ NodeId = Annotated[str, StringConstraints(pattern=NODE_ID_PATTERN)]
 _NODE_ID: TypeAdapter[str] = TypeAdapter(NodeId)
 
 Role = Literal["app", "owner", "superuser"]
+Topology = Literal["single", "replicated"]
 Port = int
 Seconds = float
 
@@ -123,7 +126,12 @@ class StoreSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     @field_validator(
-        "socket_dir", "socket_user", "server_pid_file", mode="before", check_fields=False
+        "socket_dir",
+        "socket_user",
+        "server_pid_file",
+        "standby_socket_dir",
+        mode="before",
+        check_fields=False,
     )
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
@@ -183,6 +191,17 @@ class PostgresSettings(SocketSettings):
     max_json_bytes: int = Field(default=MAX_JSON_BYTES, ge=2, le=MAX_JSON_BYTES)
     """Token extensions larger than this (compact JSON) are refused; the models' 64 KiB is the
     ceiling."""
+    standby_port: Port | None = Field(default=None, ge=1, le=65535)
+    """A streaming standby's port: read-only calls go to it (the primary when it is down) and
+    writes follow a promotion to it. None: everything goes to the primary. The replicated local
+    stack records its own, with ``standby_socket_dir``."""
+    standby_host: str | None = None
+    """The standby's host when reached over TCP; default ``host``."""
+    standby_socket_dir: Path | None = None
+    """The standby's Unix socket directory, as ``socket_dir`` is the primary's."""
+    read_your_writes: bool = False
+    """Send reads to the primary too, so a read always sees the caller's last write (a standby
+    replays it a little later); a store can also ask for this on its own."""
 
     @model_validator(mode="after")
     def _pool_bounds(self) -> Self:
@@ -217,10 +236,65 @@ class PostgresSettings(SocketSettings):
             "port": self.port,
             "user": user,
             "password": self.guarded(password),
+            **self._common_arguments(database),
+        }
+
+    def _common_arguments(self, database: str | None) -> dict[str, Any]:
+        return {
             "database": database or self.database,
             "timeout": self.connect_timeout_s,
             "command_timeout": self.command_timeout_s,
             "server_settings": {"application_name": APPLICATION_NAME, "timezone": "UTC"},
+        }
+
+    def standby_socket_path(self) -> Path | None:
+        if self.standby_port is None or self.standby_socket_dir is None:
+            return None
+        return self.standby_socket_dir / self.socket_template.format(port=self.standby_port)
+
+    def standby_only(self) -> PostgresSettings | None:
+        """Settings that reach the standby alone (a probe of its lag), or None without one."""
+        if self.standby_port is None:
+            return None
+        return self.model_copy(
+            update={
+                "host": self.standby_host or self.host,
+                "port": self.standby_port,
+                "socket_dir": self.standby_socket_dir,
+                "standby_port": None,
+            }
+        )
+
+    def standby_address(self) -> tuple[str, int] | None:
+        """The standby's host (or socket directory) and port, or None without a standby."""
+        if self.standby_port is None:
+            return None
+        if self.standby_socket_dir is not None:
+            return str(self.standby_socket_dir), self.standby_port
+        return self.standby_host or self.host, self.standby_port
+
+    def routed_arguments(self, *, reads: bool, role: Role = "app") -> dict[str, Any]:
+        """asyncpg's arguments for both servers, tried in the order the purpose asks: reads the
+        standby first (``prefer-standby``: the primary when no standby answers), writes the
+        primary first (``read-write``: whichever server is promoted). Needs a standby."""
+        standby = self.standby_address()
+        if standby is None:
+            raise ConfigError("no PostgreSQL standby configured (postgres.standby_port)")
+        user, password = self.credentials(role)
+        primary = (self._host(), self.port)
+        order = [standby, primary] if reads else [primary, standby]
+        sockets = [path for path in (self.socket_path(), self.standby_socket_path()) if path]
+        check = None
+        if sockets:
+            owner = self.socket_user or current_user()
+            check = functools.partial(require_any_socket_peer, sockets, owner)
+        return {
+            "host": [host for host, _ in order],
+            "port": [port for _, port in order],
+            "user": user,
+            "password": GuardedSecret(password, check),
+            "target_session_attrs": "prefer-standby" if reads else "read-write",
+            **self._common_arguments(None),
         }
 
     def libpq_arguments(
@@ -548,6 +622,9 @@ class LocalStackSource(PydanticBaseSettingsSource):
         )
         values = _read_json(data_dir / CREDENTIALS_FILE, "credentials")
         for section, recorded in _read_json(data_dir / ENDPOINTS_FILE, "endpoints").items():
+            if section == "topology":
+                values[section] = recorded
+                continue
             keys = ADDRESS_KEYS.get(section, ())
             if keys and all(self._in_force(section, key) == str(recorded.get(key)) for key in keys):
                 endpoint = {key: value for key, value in recorded.items() if key not in keys}
@@ -578,6 +655,9 @@ class Settings(BaseSettings):
     node_id: NodeId = Field(default_factory=default_node_id)
     """This platform node (``TRADESTORE_NODE_ID``, default the host name). Several nodes share
     one data layer: traders, the rules they own and node health reports are scoped by it."""
+    topology: Topology = "single"
+    """"replicated" adds a standby to the local stack's servers (``tradestore stack up
+    --topology replicated``); recorded in the endpoints file for the commands that follow."""
     postgres: PostgresSettings = PostgresSettings()
     redis: RedisSettings = RedisSettings()
     questdb: QuestDBSettings = QuestDBSettings()

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import asdict
+from enum import StrEnum
+from typing import Annotated
 
 import typer
 from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
@@ -17,6 +20,7 @@ from tradestore.cli.output import (
     print_json,
     run_or_exit,
 )
+from tradestore.settings import Topology
 from tradestore.stack import LocalStack, ServerStatus
 from tradestore.stack.manager import ServerCallback
 from tradestore.stack.questdb import QUESTDB_VERSION, fetch_questdb_jar
@@ -24,11 +28,20 @@ from tradestore.stack.questdb import QUESTDB_VERSION, fetch_questdb_jar
 app = typer.Typer(help="Start, stop and inspect the local PostgreSQL, Redis and QuestDB.")
 
 
+def _role(status: ServerStatus) -> str:
+    """A replicated server's role, and the lag of the standby behind the primary."""
+    if status.role is None:
+        return "-"
+    if status.lag_bytes is None and status.lag_s is None:
+        return status.role
+    return f"{status.role} (lag {status.lag_bytes or 0} B, {status.lag_s or 0.0:.2f} s)"
+
+
 def _status_table(statuses: list[ServerStatus]) -> Table:
     table = Table(title="tradestore stack")
-    for column in ("server", "state", "version", "address", "latency", "pid"):
+    for column in ("server", "state", "role", "version", "address", "latency", "pid"):
         # A socket's path folds over lines rather than lose its end to an ellipsis.
-        table.add_column(column, no_wrap=column != "address", overflow="fold")
+        table.add_column(column, no_wrap=column not in ("address", "role"), overflow="fold")
     for status in statuses:
         state = "[green]running[/]" if status.running else "[red]stopped[/]"
         if status.error:
@@ -39,6 +52,7 @@ def _status_table(statuses: list[ServerStatus]) -> Table:
         table.add_row(
             status.name,
             state,
+            _role(status),
             status.version or "-",
             status.address,
             latency,
@@ -63,9 +77,13 @@ def _change_stack(
     ctx: typer.Context,
     change: Callable[[LocalStack, ServerCallback], Awaitable[None]],
     as_json: bool,
+    topology: Topology | None = None,
 ) -> None:
     """Run up or down with a live line per server, then print the resulting status."""
-    stack = LocalStack(settings_of(ctx))
+    settings = settings_of(ctx)
+    if topology is not None:
+        settings = settings.model_copy(update={"topology": topology})
+    stack = LocalStack(settings)
 
     async def work() -> list[ServerStatus]:
         if as_json:
@@ -86,10 +104,45 @@ def _print_statuses(statuses: list[ServerStatus], as_json: bool) -> None:
         console.print(_status_table(statuses))
 
 
+TopologyOption = Annotated[
+    Topology | None,
+    typer.Option(
+        help='"replicated" adds a PostgreSQL standby; recorded for later commands '
+        "[env: TRADESTORE_TOPOLOGY; default: as recorded, else single]",
+        show_default=False,
+    ),
+]
+
+
 @app.command()
-def up(ctx: typer.Context, as_json: JsonOption = False) -> None:
+def up(ctx: typer.Context, as_json: JsonOption = False, topology: TopologyOption = None) -> None:
     """Start every stopped server, then wait until each answers a real query."""
-    _change_stack(ctx, LocalStack.up, as_json)
+    _change_stack(ctx, LocalStack.up, as_json, topology)
+
+
+class Store(StrEnum):
+    postgres = "postgres"
+
+
+@app.command()
+def failover(ctx: typer.Context, store: Store, as_json: JsonOption = False) -> None:
+    """Promote the standby and stop (fence) the primary: writes move to the standby."""
+    stack = LocalStack(settings_of(ctx))
+    done = run_or_exit(stack.failover_postgres, as_json=as_json)
+    if as_json:
+        print_json({"store": store.value, **asdict(done)})
+    else:
+        console.print(
+            f"{store.value}: primary fenced in {done.fenced_s:.3f} s, standby promoted in "
+            f"{done.promoted_s:.3f} s; writes go to {done.primary}"
+        )
+
+
+@app.command()
+def rebuild(ctx: typer.Context, store: Store, as_json: JsonOption = False) -> None:
+    """After a failover: the promoted cluster becomes the primary, and a new standby is copied."""
+    del store  # PostgreSQL is the only store with a standby to rebuild
+    _change_stack(ctx, LocalStack.rebuild_postgres, as_json)
 
 
 @app.command()

@@ -153,6 +153,13 @@ def _pool_line(view: TopView) -> RenderableType:
         _bar(in_use, pool.get("max_connections", 0)),
         Text(f"{in_use:.0f} in use, {size:.0f} open of {pool.get('max_connections', 0):.0f}"),
     )
+    if "replica_lag_bytes" in pool:
+        grid.add_row(
+            Text("standby", style="bold"),
+            Text(
+                f"lag {pool['replica_lag_bytes']:.0f} B, {pool.get('replica_lag_seconds', 0):.2f} s"
+            ),
+        )
     return grid
 
 

@@ -177,7 +177,14 @@ class Monitor(Lifecycle):
         probes = self.probes
         probes.problems = []
         self._registry.fold()
-        health, groups, lengths, wal, (commands, statements, questdb) = await asyncio.gather(
+        (
+            health,
+            groups,
+            lengths,
+            wal,
+            replica,
+            (commands, statements, questdb),
+        ) = await asyncio.gather(
             probes.health(),
             probes.group_lags(self._streams, self.config.lag_alarm_ratio),
             probes.stream_lengths(
@@ -187,6 +194,7 @@ class Monitor(Lifecycle):
                 ]
             ),
             probes.wal_tables(),
+            probes.replica_lag(),
             self._server_figures(),
         )
         return Reading(
@@ -201,6 +209,7 @@ class Monitor(Lifecycle):
             groups=tuple(groups),
             dead_letters=tuple(lengths),
             wal=tuple(wal),
+            replica=replica,
             redis_commands=tuple(commands),
             statements=tuple(statements),
             questdb_metrics=questdb,

@@ -29,6 +29,7 @@ from tradestore.observability.readings import (
     TableWal,
 )
 from tradestore.relational.pool import Database
+from tradestore.relational.replication import Replication, replication_state
 from tradestore.settings import Settings
 from tradestore.timeseries.connection import QueryPool
 
@@ -64,6 +65,12 @@ class Probes(Lifecycle):
         self.settings = small
         wanted = set(stores)
         self._postgres = Database(small, "app") if "postgres" in wanted else None
+        standby = small.postgres.standby_only()
+        self._standby = (
+            Database(small.model_copy(update={"postgres": standby}), "app")
+            if standby is not None and "postgres" in wanted
+            else None
+        )
         self._redis = RedisConnections(small.redis) if "redis" in wanted else None
         self._questdb = QueryPool(small) if "questdb" in wanted else None
         self._timeout_s = settings.observability.probe_timeout_s
@@ -77,6 +84,8 @@ class Probes(Lifecycle):
     async def close(self) -> None:
         if self._postgres is not None:
             await self._postgres.close()
+        if self._standby is not None:
+            await self._standby.close()
         if self._redis is not None:
             await self._redis.close()
         if self._questdb is not None:
@@ -202,6 +211,13 @@ class Probes(Lifecycle):
             )
             for row in rows or ()
         ]
+
+    async def replica_lag(self) -> Replication | None:
+        """The standby's own view of its lag (a promoted one says "primary", without lag)."""
+        if self._standby is None:
+            return None
+        standby = self._standby
+        return await self._attempt("postgres standby lag", lambda: replication_state(standby))
 
     # --- QuestDB ---------------------------------------------------------------------------
 

@@ -69,6 +69,8 @@ FAMILIES: Final = (
     "tradestore_questdb_wal_suspended",
     "tradestore_postgres_pool_connections",
     "tradestore_postgres_pool_max_connections",
+    "tradestore_postgres_replica_lag_bytes",
+    "tradestore_postgres_replica_lag_seconds",
     "tradestore_near_cache_entries",
     "tradestore_near_cache_linked",
     "tradestore_near_cache_hits",
@@ -236,6 +238,20 @@ def _writer(reading: Reading) -> Iterator[Metric]:
         suspended.add_metric([table.table], int(table.suspended))
     yield lag
     yield suspended
+
+
+def _replica(reading: Reading) -> Iterator[Metric]:
+    replica = reading.replica
+    yield _gauge(
+        "tradestore_postgres_replica_lag_bytes",
+        "WAL the PostgreSQL standby received and has not replayed yet.",
+        None if replica is None else replica.lag_bytes,
+    )
+    yield _gauge(
+        "tradestore_postgres_replica_lag_seconds",
+        "Age of the last transaction the standby replayed; 0 once it replayed all it received.",
+        None if replica is None else replica.lag_s,
+    )
 
 
 def _pool(reading: Reading) -> Iterator[Metric]:
@@ -424,6 +440,7 @@ class ReadingCollector(Collector):
         yield from _operations(reading)
         yield from _writer(reading)
         yield from _pool(reading)
+        yield from _replica(reading)
         yield from _near_cache(reading)
         yield from _streams(reading, self._maxlen)
         yield from _servers(reading)

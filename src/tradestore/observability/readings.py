@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from tradestore.observability.latency import LatencySummary, Store
+from tradestore.relational.replication import Replication
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +156,8 @@ class Reading:
     wal: tuple[TableWal, ...] = ()
     redis_commands: tuple[CommandLatency, ...] = ()
     statements: tuple[StatementStats, ...] = ()
+    replica: Replication | None = None
+    """The PostgreSQL standby's lag behind the primary, when one is configured."""
     questdb_metrics: str = ""
     """QuestDB's own ``/metrics`` text, re-exported as it came."""
     events: tuple[tuple[str, int], ...] = ()

@@ -195,6 +195,7 @@ def _counters(samples: Samples, view: TopView) -> None:
     for labels, value in samples.get("tradestore_postgres_pool_connections", []):
         view.pool[labels["state"]] = value
     _copy(samples, view.pool, "tradestore_postgres_pool_", "max_connections")
+    _copy(samples, view.pool, "tradestore_postgres_", "replica_lag_bytes", "replica_lag_seconds")
     _copy(
         samples,
         view.near_cache,

@@ -34,6 +34,7 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
     pg_errors.OperatorInterventionError,  # shutting down, starting up, query cancelled
     pg_errors.InsufficientResourcesError,  # disk full, out of memory, too many connections
     pg_errors.PostgresSystemError,  # I/O error on the server
+    pg_errors.TargetServerAttributeNotMatched,  # no server of the kind asked for (mid-failover)
 )
 
 _MISCONFIGURED: tuple[type[BaseException], ...] = (
@@ -111,10 +112,19 @@ def pool_options(config: PostgresSettings) -> PoolOptions:
     )
 
 
-def pool_arguments(settings: Settings, role: Role = "app") -> dict[str, Any]:
-    """Everything ``asyncpg.create_pool`` is given, the role's password included."""
+def pool_arguments(
+    settings: Settings, role: Role = "app", *, reads: bool = False
+) -> dict[str, Any]:
+    """Everything ``asyncpg.create_pool`` is given, the role's password included: with a standby
+    configured, both servers in the order the purpose asks (``PostgresSettings.routed_arguments``).
+    """
+    config = settings.postgres
+    if config.standby_port is None:
+        connect = config.connect_arguments(role)
+    else:
+        connect = config.routed_arguments(reads=reads, role=role)
     return {
-        **settings.postgres.connect_arguments(role),
+        **connect,
         **pool_options(settings.postgres),
         "init": init_connection,
         "reset": keep_session,
@@ -134,13 +144,18 @@ class Database:
     """A pool of connections as one role, opened on first use unless opened eagerly.
 
     Size, timeouts and idle lifetime come from the settings. Rows come back as read-only
-    mappings; failures to reach PostgreSQL as StoreUnavailableError.
+    mappings; failures to reach PostgreSQL as StoreUnavailableError. With a standby configured,
+    a pool for ``reads`` prefers it and falls back to the primary; any other pool connects only
+    to the server that takes writes, the standby once it is promoted.
     """
 
-    def __init__(self, settings: Settings, role: Role = "app") -> None:
+    def __init__(self, settings: Settings, role: Role = "app", *, reads: bool = False) -> None:
         self.settings = settings
         self._role: Role = role
+        self._reads = reads
         self.where = settings.postgres.dsn(role)
+        if settings.postgres.standby_port is not None:
+            self.where += " (standby first)" if reads else " (or its promoted standby)"
         self._pool: asyncpg.Pool | None = None
         self._opening = asyncio.Lock()
 
@@ -151,7 +166,7 @@ class Database:
             if self._pool is None:
                 with translated(self.where):
                     self._pool = await asyncpg.create_pool(
-                        **pool_arguments(self.settings, self._role)
+                        **pool_arguments(self.settings, self._role, reads=self._reads)
                     )
 
     async def close(self) -> None:

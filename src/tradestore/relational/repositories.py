@@ -87,10 +87,12 @@ def _refused(model: str, field: str) -> Iterator[None]:
 
 
 class Repository:
-    """Queries of one table over the shared pool."""
+    """Queries of one table over the shared pool; read-only calls over ``reads`` (a pool that
+    prefers the standby), everything else, claims included, over ``database`` (the primary)."""
 
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Database, reads: Database | None = None) -> None:
         self._db = database
+        self._reads = reads or database
         self._settings = database.settings.postgres
         self._node = database.settings.node_id
 
@@ -162,7 +164,7 @@ class TokenRepository(Repository):
     @public
     async def get(self, address: SolanaAddress) -> TokenInfo | None:
         """The mint with exactly this address, or None; a string that is no address is refused."""
-        row = await self._db.fetchrow(
+        row = await self._reads.fetchrow(
             f"SELECT {MINT_COLUMNS} FROM tokens WHERE address = $1",  # noqa: S608
             address,
         )
@@ -172,7 +174,7 @@ class TokenRepository(Repository):
     @public
     async def find_by_symbol(self, symbol: TokenSymbol) -> list[TokenInfo]:
         """The mints with exactly this symbol (case-sensitive), ordered by address; the first 50."""
-        rows = await self._db.fetch(
+        rows = await self._reads.fetch(
             f"SELECT {MINT_COLUMNS} FROM tokens WHERE symbol = $1"  # noqa: S608
             " ORDER BY address LIMIT $2",
             symbol,
@@ -195,7 +197,7 @@ class TokenRepository(Repository):
     ) -> list[TokenInfo]:
         """A page of mints in address order, after ``after`` (the last address seen, or a
         prefix); a cursor with a character base58 has not is refused."""
-        rows = await self._db.fetch(
+        rows = await self._reads.fetch(
             f"SELECT {MINT_COLUMNS} FROM tokens"  # noqa: S608
             " WHERE address > coalesce($1, '') ORDER BY address LIMIT $2",
             after,
@@ -259,7 +261,7 @@ class TraderRepository(Repository):
     @timed("postgres", "traders.get")
     @public
     async def get(self, trader_id: UUID) -> TraderConfig | None:
-        row = await self._db.fetchrow(
+        row = await self._reads.fetchrow(
             f"SELECT {TRADER_COLUMNS} FROM trader_config WHERE id = $1",  # noqa: S608
             trader_id,
         )
@@ -287,7 +289,7 @@ class TraderRepository(Repository):
     @public
     async def list_all(self, *, shared: bool = False) -> list[TraderConfig]:
         """This node's traders and the shared ones; ``shared``: every node's."""
-        rows = await self._db.fetch(
+        rows = await self._reads.fetch(
             f"SELECT {TRADER_COLUMNS} FROM trader_config"  # noqa: S608
             f" WHERE {_owned(1)} ORDER BY name, id",
             self._scope(shared),
@@ -298,7 +300,9 @@ class TraderRepository(Repository):
     @public
     async def node_of(self, trader_id: UUID) -> str | None:
         """The platform node that owns a trader (None: shared); NotFoundError if none exists."""
-        row = await self._db.fetchrow("SELECT node_id FROM trader_config WHERE id = $1", trader_id)
+        row = await self._reads.fetchrow(
+            "SELECT node_id FROM trader_config WHERE id = $1", trader_id
+        )
         if row is None:
             raise NotFoundError(f"no trader {trader_id}")
         return cast(str | None, row["node_id"])
@@ -391,7 +395,7 @@ class OrderRuleRepository(Repository):
     @timed("postgres", "rules.get")
     @public
     async def get(self, rule_id: UUID) -> OrderRule | None:
-        row = await self._db.fetchrow(
+        row = await self._reads.fetchrow(
             f"SELECT {RULE_COLUMNS} FROM order_rules WHERE id = $1",  # noqa: S608
             rule_id,
         )
@@ -412,7 +416,7 @@ class OrderRuleRepository(Repository):
             raise InvalidInputError(
                 "OrderRule query", [FieldProblem("trader_id|token", "give at least one")]
             )
-        rows = await self._db.fetch(
+        rows = await self._reads.fetch(
             f"""
             SELECT {RULE_COLUMNS} FROM order_rules
             WHERE triggered_at IS NULL
@@ -556,7 +560,7 @@ class NodeHealthRepository(Repository):
     async def latest_per_node(self, *, shared: bool = False) -> list[NodeHealth]:
         """The newest report this platform node made of every RPC node, ordered by node;
         ``shared``: the newest any platform node made."""
-        rows = await self._db.fetch(
+        rows = await self._reads.fetch(
             f"SELECT DISTINCT ON (node) {HEALTH_COLUMNS} FROM node_health"  # noqa: S608
             " WHERE $1::text IS NULL OR reported_by = $1 ORDER BY node, observed_at DESC",
             self._scope(shared),
@@ -568,7 +572,7 @@ class NodeHealthRepository(Repository):
     async def latest(self, node: NodeName, *, shared: bool = False) -> NodeHealth | None:
         """The newest report this platform node made of one RPC node (its URL is normalised as
         when it was recorded); ``shared``: the newest any platform node made."""
-        row = await self._db.fetchrow(
+        row = await self._reads.fetchrow(
             f"SELECT {HEALTH_COLUMNS} FROM node_health"  # noqa: S608
             " WHERE node = $1 AND ($2::text IS NULL OR reported_by = $2)"
             " ORDER BY observed_at DESC LIMIT 1",

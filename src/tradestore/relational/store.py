@@ -42,28 +42,51 @@ class RelationalStore(Lifecycle):
     an application process never needs the owner's password. Migrations are ``tradestore init``
     (or ``migrate=True``, which does need it). Eager by default: entering opens the pool, so a
     wrong address or password fails at start; ``lazy=True`` opens it on first use.
+
+    With a standby configured (``postgres.standby_port``), read-only calls go to a second pool
+    that prefers the standby, unless ``read_your_writes`` (default: the setting) keeps them on
+    the primary, where they see this store's own writes at once.
     """
 
-    def __init__(self, settings: Settings, *, migrate: bool = False, lazy: bool = False) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        migrate: bool = False,
+        lazy: bool = False,
+        read_your_writes: bool | None = None,
+    ) -> None:
         self.settings = settings
         configure(settings.observability)
         self._migrate_on_start = migrate
         self._lazy = lazy
         self._database = Database(settings, "app")
-        self.tokens = TokenRepository(self._database)
-        self.traders = TraderRepository(self._database)
-        self.rules = OrderRuleRepository(self._database)
-        self.nodes = NodeHealthRepository(self._database)
+        if read_your_writes is None:
+            read_your_writes = settings.postgres.read_your_writes
+        routed = settings.postgres.standby_port is not None and not read_your_writes
+        self._reads = Database(settings, "app", reads=True) if routed else self._database
+        self.tokens = TokenRepository(self._database, self._reads)
+        self.traders = TraderRepository(self._database, self._reads)
+        self.rules = OrderRuleRepository(self._database, self._reads)
+        self.nodes = NodeHealthRepository(self._database, self._reads)
 
     @classmethod
-    def open(cls, settings: Settings, *, migrate: bool = False, lazy: bool = False) -> Self:
-        return cls(settings, migrate=migrate, lazy=lazy)
+    def open(
+        cls,
+        settings: Settings,
+        *,
+        migrate: bool = False,
+        lazy: bool = False,
+        read_your_writes: bool | None = None,
+    ) -> Self:
+        return cls(settings, migrate=migrate, lazy=lazy, read_your_writes=read_your_writes)
 
     async def start(self) -> None:
         if self._migrate_on_start:
             await asyncio.to_thread(apply_migrations, self.settings)
         if not self._lazy:
             await self._database.open()
+            await self._reads.open()
 
     @validate_arguments
     async def migrate(self, source: MigrationsDir = MIGRATIONS_DIR) -> list[str]:
@@ -72,10 +95,17 @@ class RelationalStore(Lifecycle):
         applied = await asyncio.to_thread(apply_migrations, self.settings, source)
         if applied:
             await self._database.reset()
+            if self._reads is not self._database:
+                await self._reads.reset()
         return applied
 
     def pool_stats(self) -> PoolStats:
         return self._database.stats()
 
+    def read_pool_stats(self) -> PoolStats:
+        """The pool read-only calls use: the primary's own without a standby."""
+        return self._reads.stats()
+
     async def close(self) -> None:
+        await self._reads.close()
         await self._database.close()

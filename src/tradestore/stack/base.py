@@ -7,7 +7,9 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
+
+from tradestore.relational.replication import Replication
 
 LATENCY_SAMPLES = 5
 
@@ -26,6 +28,9 @@ class ServerStatus:
     error: str | None = None
     problems: tuple[str, ...] = ()
     """What is wrong although the server answers, e.g. QuestDB tables whose WAL is suspended."""
+    role: str | None = None
+    lag_bytes: int | None = None
+    lag_s: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -54,8 +59,19 @@ class ManagedServer(Protocol):
     async def measure(self) -> tuple[str, float]:
         """The server's version and the median round trip of a real query, in ms."""
 
-    async def problems(self) -> list[str]:
-        """What is wrong although the server answers; empty when nothing is."""
+
+@runtime_checkable
+class DiagnosedServer(Protocol):
+    """A server that can say what is wrong although it answers."""
+
+    async def problems(self) -> list[str]: ...
+
+
+@runtime_checkable
+class ReplicatedServer(Protocol):
+    """A server that can say its role in a replicated topology."""
+
+    async def replication(self) -> Replication: ...
 
 
 async def server_status(server: ManagedServer) -> ServerStatus:
@@ -65,7 +81,10 @@ async def server_status(server: ManagedServer) -> ServerStatus:
         return ServerStatus(server.name, False, server.address, server.log_file)
     try:
         version, latency_ms = await server.measure()
-        problems = tuple(await server.problems())
+        problems = tuple(await server.problems()) if isinstance(server, DiagnosedServer) else ()
+        replication = (
+            asdict(await server.replication()) if isinstance(server, ReplicatedServer) else {}
+        )
     except Exception as error:  # status reports any failure; it never raises
         return ServerStatus(
             server.name, True, server.address, server.log_file, pid=pid, error=str(error)
@@ -79,6 +98,7 @@ async def server_status(server: ManagedServer) -> ServerStatus:
         version=version,
         latency_ms=latency_ms,
         problems=problems,
+        **replication,
     )
 
 

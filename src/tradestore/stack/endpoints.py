@@ -18,17 +18,18 @@ from tradestore.settings import ADDRESS_KEYS, ENDPOINTS_FILE, Settings
 from tradestore.stack.process import private_dir
 
 ENDPOINT_KEYS = {
-    "postgres": {"socket_dir", "socket_user"},
+    "postgres": {"socket_dir", "socket_user", "standby_port", "standby_socket_dir"},
     "redis": {"socket_dir", "socket_user"},
     "questdb": {"server_pid_file"},
 }
 
 
-def endpoints(settings: Settings) -> dict[str, dict[str, object]]:
-    return {
-        name: getattr(settings, name).model_dump(mode="json", include={*ADDRESS_KEYS[name], *keys})
-        for name, keys in ENDPOINT_KEYS.items()
-    }
+def endpoints(settings: Settings) -> dict[str, object]:
+    recorded: dict[str, object] = {"topology": settings.topology}
+    for name, keys in ENDPOINT_KEYS.items():
+        section = getattr(settings, name)
+        recorded[name] = section.model_dump(mode="json", include={*ADDRESS_KEYS[name], *keys})
+    return recorded
 
 
 def record_endpoints(settings: Settings) -> Path:

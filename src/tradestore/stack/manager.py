@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 
-from tradestore.errors import StackError
+from tradestore.errors import ConfigError, StackError
 from tradestore.settings import Settings
 from tradestore.stack.base import ManagedServer, ServerStatus, server_status
 from tradestore.stack.credentials import ensure_credentials
@@ -15,6 +15,7 @@ from tradestore.stack.lock import stack_lock
 from tradestore.stack.postgres import PostgresServer
 from tradestore.stack.questdb import QuestDBServer
 from tradestore.stack.redis import RedisServer
+from tradestore.stack.standby import Failover, StandbyServer, fail_over, rebuild
 
 ServerCallback = Callable[[str, str], None]
 """Told (server name, what happened) as each server moves on; drives progress output."""
@@ -42,8 +43,18 @@ class LocalStack:
             QuestDBServer(settings),
         )
         self.servers: tuple[ManagedServer, ...] = (postgres, redis, questdb)
+        self.followers: tuple[ManagedServer, ...] = ()
+        """Servers that copy one of ``servers``: started after them, stopped before them."""
+        postgres_config = postgres.config
+        self.standby: StandbyServer | None = None
+        if settings.topology == "replicated":
+            self.standby = StandbyServer(settings, postgres)
+            self.followers += (self.standby,)
+            postgres_config = postgres_config.model_copy(update=self.standby.endpoint())
+        self.postgres = postgres
+        self.servers += self.followers
         self.settings = settings.model_copy(
-            update={"postgres": postgres.config, "redis": redis.config, "questdb": questdb.config}
+            update={"postgres": postgres_config, "redis": redis.config, "questdb": questdb.config}
         )
 
     def server(self, name: str) -> ManagedServer:
@@ -93,12 +104,36 @@ class LocalStack:
         async with self._locked(on_event):
             self._configure(ensure_credentials(self.settings))
             record_endpoints(self.settings)
-            await self._each(lambda s: s.up(), self.servers, on_event, "starting", "ready")
+            leaders = [server for server in self.servers if server not in self.followers]
+            await self._each(lambda s: s.up(), leaders, on_event, "starting", "ready")
+            await self._each(lambda s: s.up(), self.followers, on_event, "starting", "ready")
 
     async def down(self, on_event: ServerCallback = _ignore) -> None:
         """Stop the servers this stack started; anything else is left alone."""
         async with self._locked(on_event):
-            await self._each(lambda s: s.down(), self.servers, on_event, "stopping", "stopped")
+            leaders = [server for server in self.servers if server not in self.followers]
+            await self._each(lambda s: s.down(), self.followers, on_event, "stopping", "stopped")
+            await self._each(lambda s: s.down(), leaders, on_event, "stopping", "stopped")
+
+    def _standby(self) -> StandbyServer:
+        if self.standby is None:
+            raise ConfigError(
+                "no PostgreSQL standby: the stack's topology is single "
+                "(`tradestore stack up --topology replicated`)"
+            )
+        return self.standby
+
+    async def failover_postgres(self) -> Failover:
+        """Promote the standby and fence the primary (see ``tradestore.stack.standby``)."""
+        async with self._locked(_ignore):
+            return await fail_over(self.postgres, self._standby())
+
+    async def rebuild_postgres(self, on_event: ServerCallback = _ignore) -> None:
+        """After a failover: the promoted cluster becomes the primary, and a new standby is
+        copied from it."""
+        async with self._locked(on_event):
+            await rebuild(self.postgres, self._standby())
+        await self.up(on_event)
 
     @asynccontextmanager
     async def _locked(self, on_event: ServerCallback) -> AsyncIterator[None]:

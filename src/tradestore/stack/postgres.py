@@ -37,6 +37,7 @@ import asyncpg
 
 from tradestore.errors import PrerequisiteError, StackError
 from tradestore.peers import current_user
+from tradestore.relational.replication import Replication, replication_state
 from tradestore.settings import PostgresSettings, Role, Settings
 from tradestore.stack.base import median_round_trip_ms
 from tradestore.stack.lock import stack_lock
@@ -70,7 +71,11 @@ HBA = (
     "local all all scram-sha-256\n"
     "host all all 127.0.0.1/32 scram-sha-256\n"
     "host all all ::1/128 scram-sha-256\n"
+    "# A standby's copy and its stream (roles with REPLICATION: the superuser), socket only.\n"
+    "local replication all scram-sha-256\n"
 )
+FENCE_FILE = "fenced"
+"""Beside a cluster fenced by a failover: it must not start as a primary again."""
 CLUSTERS_DIR = "tradestore"
 """Under the postgres user's home: the clusters of the stacks run as root."""
 
@@ -212,6 +217,25 @@ async def stop_cluster(data_dir: Path) -> bool:
     return True
 
 
+async def measure_cluster(config: PostgresSettings) -> tuple[str, float]:
+    """A cluster's version and median round trip, as the app role (``ManagedServer.measure``)."""
+    connection = await asyncpg.connect(**config.connect_arguments("app"))
+    try:
+        version = str(await connection.fetchval("SHOW server_version")).split()[0]
+        return version, await median_round_trip_ms(lambda: connection.fetchval("SELECT 1"))
+    finally:
+        await connection.close()
+
+
+async def cluster_replication(config: PostgresSettings) -> Replication:
+    """A cluster's role and lag, as the superuser (who may read ``pg_stat_replication``)."""
+    connection = await asyncpg.connect(**config.connect_arguments("superuser", "postgres"))
+    try:
+        return await replication_state(connection)
+    finally:
+        await connection.close()
+
+
 async def require_promoted(connection: asyncpg.Connection) -> None:
     """Raise NotReadyError while the cluster replays WAL (``wait_until_ready`` retries it)."""
     if await connection.fetchval("SELECT pg_is_in_recovery()"):
@@ -250,6 +274,17 @@ class PostgresServer:
 
     def running_pid(self) -> int | None:
         return postmaster_pid(self.data_dir)
+
+    @property
+    def fence_file(self) -> Path:
+        return self.root / FENCE_FILE
+
+    def fence(self) -> None:
+        """Keep this cluster from starting: its standby is about to be promoted."""
+        write_private(self.fence_file, "a failover promoted the standby\n")
+
+    def unfence(self) -> None:
+        self.fence_file.unlink(missing_ok=True)
 
     def _place_cluster(self) -> None:
         """As root: the cluster's directory under ~postgres, and the data directory's link to it.
@@ -432,6 +467,13 @@ class PostgresServer:
             await self.backrest.ensure_stanza()
 
     async def _start(self) -> None:
+        if self.fence_file.exists():
+            raise StackError(
+                NAME,
+                "fenced by a failover: its standby was promoted and takes the writes; run "
+                "`tradestore stack rebuild postgres` to make the promoted cluster the primary",
+                self.log_file,
+            )
         require_free_ports(NAME, self.config.host, [self.config.port], self.log_file)
         require_short_socket_path(NAME, self.socket, self.log_file)
         self._place_cluster()
@@ -449,13 +491,8 @@ class PostgresServer:
         async with stack_lock(self.stack_dir):
             return await stop_cluster(self.data_dir)
 
-    async def measure(self) -> tuple[str, float]:
-        connection = await self._connect("app")
-        try:
-            version = str(await connection.fetchval("SHOW server_version")).split()[0]
-            return version, await median_round_trip_ms(lambda: connection.fetchval("SELECT 1"))
-        finally:
-            await connection.close()
+    async def replication(self) -> Replication:
+        return await cluster_replication(self.config)
 
-    async def problems(self) -> list[str]:
-        return []
+    async def measure(self) -> tuple[str, float]:
+        return await measure_cluster(self.config)

@@ -132,6 +132,3 @@ class RedisServer(SpawnedServer):
         async with self.client() as client:
             info = await client.info("server")
             return str(info["redis_version"]), await median_round_trip_ms(client.ping)
-
-    async def problems(self) -> list[str]:
-        return []
