@@ -2,7 +2,7 @@
 
 Accepting: ``write``/``write_many`` check every row of a call first (``rows.check``: validated,
 its timestamp inside the window, storable) and then accept all of them or none. Accepted rows
-are encoded into their table's open batch on the event loop.
+are encoded into their table's open batch on the event loop, in runs of up to ``CHUNK_ROWS``.
 
 Sending: each table has a lane of its own: a task that seals the table's batch every
 ``flush_interval_s`` (sooner once it holds ``flush_rows``) and sends it as one HTTP request, one
@@ -258,6 +258,8 @@ class TimeSeriesWriter:
         self._open: dict[str, _Batch] = {}
         """Each table's batch still taking rows; its lane seals it."""
         self._spare: list[Buffer] = []
+        self._unyielded = 0
+        """Rows accepted since ``write_many`` last let the event loop run."""
         self._factory: Sender | None = None
         self._space = asyncio.Event()
         self._started = False
@@ -295,16 +297,19 @@ class TimeSeriesWriter:
             table = ENCODERS[type(group[0])].table  # checked: one of the four models
             offset = 0
             while offset < len(group):
-                if offset:
-                    await asyncio.sleep(0)  # let the lanes seal and send between two runs
                 batch = await self._open_batch(table)
                 first = len(batch.rows)
-                offset += self._accept(batch, group[offset : offset + self._run_rows(batch)])
+                accepted = self._accept(batch, group[offset : offset + self._run_rows(batch)])
+                offset += accepted
                 last = parts[-1] if parts else None
                 if last is not None and last.ack is batch.ack and last.end == first:
                     last.end = len(batch.rows)  # the same batch, right after: one part
                 else:
                     parts.append(_Part(table, batch.ack, first, len(batch.rows)))
+                self._unyielded += accepted
+                if self._unyielded >= CHUNK_ROWS:  # however the rows come, one call or many
+                    self._unyielded = 0
+                    await asyncio.sleep(0)  # let the lanes seal and send
         return Receipt(parts, self._watch, self.dead_letters)
 
     async def flush(self, *, visible: bool = False) -> None:
