@@ -187,14 +187,6 @@ def _not_a_row(row: object) -> InvalidInputError:
     )
 
 
-def table_of(row: TimeSeriesRow) -> Codec:
-    """The row's table and encoding; anything but the four models is refused."""
-    try:
-        return ENCODERS[type(row)]
-    except KeyError:
-        raise _not_a_row(row) from None
-
-
 def check(row: TimeSeriesRow, window: Window) -> TimeSeriesRow:
     """The row as it may be accepted (validated again if it was built without validation), or
     InvalidInputError: not a time series row, invalid, outside the window, or not storable."""
