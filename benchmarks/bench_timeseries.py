@@ -2,9 +2,10 @@
 
 Throughput runs side by side, in turns: QuestDB alone (rows encoded beforehand, then sent back
 to back: what the server takes, the ceiling of any client), the raw client encoding one row per
-call (``str`` of each UUID, as before runs), the raw client with tradestore's run encoding, and
-the writer. For each: rows/s, and the CPU time per row of this process and of QuestDB, which a
-busy machine inflates far less than it cuts rows/s.
+call (``str`` of each UUID and ``append_rows``' set-up for every row: dearer than the encoding
+before runs, whose cost the writer's before/after comparison in BENCHMARKS.md gives), the raw
+client with tradestore's run encoding, and the writer. For each: rows/s, and the CPU time per
+row of this process and of QuestDB, which a busy machine inflates far less than it cuts rows/s.
 
 Run: ``.venv/bin/python -m benchmarks.bench_timeseries [--rows N] [--json]`` (or ``./run bench``).
 It measures the local stack of ``./run start`` (TRADESTORE_* variables move it), starting it if it
@@ -111,7 +112,7 @@ class CpuClock:
 
 
 def one_per_call(buffer: Buffer, rows: Sequence[TimeSeriesRow]) -> None:
-    """Each row encoded on its own, as before runs: ``str`` of each UUID, one call per row."""
+    """Each row encoded on its own: ``str`` of each UUID, one ``append_rows`` call per row."""
     for row in rows:
         append_rows(buffer, (row,))
 
