@@ -1,5 +1,12 @@
 """Time series writer figures: rows/s against the raw client, write-to-visible latency, memory.
 
+Throughput runs side by side, in turns: QuestDB alone (rows encoded beforehand, then sent back
+to back: what the server takes, the ceiling of any client), the raw client encoding one row per
+call (``str`` of each UUID and ``append_rows``' set-up for every row: dearer than the encoding
+before runs, whose cost the writer's before/after comparison in BENCHMARKS.md gives), the raw
+client with tradestore's run encoding, and the writer. For each: rows/s, and the CPU time per
+row of this process and of QuestDB, which a busy machine inflates far less than it cuts rows/s.
+
 Run: ``.venv/bin/python -m benchmarks.bench_timeseries [--rows N] [--json]`` (or ``./run bench``).
 It measures the local stack of ``./run start`` (TRADESTORE_* variables move it), starting it if it
 is down. Prints figures only.
@@ -22,6 +29,7 @@ from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
+import psutil
 from questdb import Sender
 from solders.pubkey import Pubkey
 
@@ -31,7 +39,7 @@ from tradestore.settings import Settings
 from tradestore.stack.questdb import QUESTDB_VERSION
 from tradestore.timeseries import TimeSeriesStore, TimeSeriesWriter
 from tradestore.timeseries.connection import connection
-from tradestore.timeseries.rows import TimeSeriesRow, append_row, table_of
+from tradestore.timeseries.rows import Buffer, TimeSeriesRow, append_rows
 from tradestore.timeseries.writer import PROTOCOL_VERSION
 
 ROUNDS = 3
@@ -81,18 +89,59 @@ def reset_peak_rss() -> None:
     Path("/proc/self/clear_refs").write_text("5")  # Linux: reset VmHWM to the current RSS
 
 
-def raw_client(settings: Settings, rows: Sequence[TimeSeriesRow]) -> float:
-    """The official client alone: same rows, same encoding, batches of the writer's size sent
-    one after another."""
+class CpuClock:
+    """CPU seconds of this process and of QuestDB over one run, per row."""
+
+    def __init__(self, questdb: psutil.Process) -> None:
+        self.questdb = questdb
+
+    def __enter__(self) -> CpuClock:
+        self.started = (time.process_time(), self._server())
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.client_s = time.process_time() - self.started[0]
+        self.server_s = self._server() - self.started[1]
+
+    def _server(self) -> float:
+        times = self.questdb.cpu_times()
+        return float(times.user + times.system)
+
+    def per_row_us(self, rows: int) -> dict[str, float]:
+        return {"client_us": self.client_s / rows * 1e6, "questdb_us": self.server_s / rows * 1e6}
+
+
+def one_per_call(buffer: Buffer, rows: Sequence[TimeSeriesRow]) -> None:
+    """Each row encoded on its own: ``str`` of each UUID, one ``append_rows`` call per row."""
+    for row in rows:
+        append_rows(buffer, (row,))
+
+
+def in_runs(buffer: Buffer, rows: Sequence[TimeSeriesRow]) -> None:
+    append_rows(buffer, rows)
+
+
+def raw_client(
+    settings: Settings,
+    rows: Sequence[TimeSeriesRow],
+    encode: Callable[[Buffer, Sequence[TimeSeriesRow]], None] | None,
+) -> float:
+    """The official client alone: the same rows in batches of the writer's size, sent one after
+    another; with ``encode=None`` all batches are encoded before the clock starts."""
     conf = settings.questdb.ilp_conf() + f"auto_flush=off;protocol_version={PROTOCOL_VERSION};"
-    batch_rows = settings.questdb.flush_rows
-    _, encode = table_of(rows[0])
-    started = time.perf_counter()
+    cuts = range(0, len(rows), settings.questdb.flush_rows)
     with Sender.from_conf(conf) as sender:
-        buffer = sender.new_buffer()
-        for offset in range(0, len(rows), batch_rows):
-            for row in rows[offset : offset + batch_rows]:
-                append_row(buffer, row, encode)
+        if encode is None:
+            buffers = [sender.new_buffer() for _ in cuts]
+            for buffer, cut in zip(buffers, cuts, strict=True):
+                in_runs(buffer, rows[cut : cut + settings.questdb.flush_rows])
+        started = time.perf_counter()
+        for index, cut in enumerate(cuts):
+            if encode is None:
+                buffer = buffers[index]
+            else:
+                buffer = sender.new_buffer()
+                encode(buffer, rows[cut : cut + settings.questdb.flush_rows])
             sender.flush(buffer, transactional=True)
     return len(rows) / (time.perf_counter() - started)
 
@@ -195,22 +244,39 @@ async def last_trades_latency(settings: Settings) -> dict[str, float]:
     return {"p50_ms": p50, "p99_ms": p99}
 
 
+RAW_CONTENDERS: dict[str, Callable[[Buffer, Sequence[TimeSeriesRow]], None] | None] = {
+    "questdb_alone": None,
+    "raw_one_per_call": one_per_call,
+    "raw_in_runs": in_runs,
+}
+
+
 async def compare(
-    settings: Settings, make: Callable[[int], list[Any]], count: int
+    settings: Settings, questdb: psutil.Process, make: Callable[[int], list[Any]], count: int
 ) -> dict[str, Any]:
-    raw, ours = [], []
+    """Every contender once per round, in turns, on fresh rows; medians over the rounds."""
+    rates: dict[str, list[float]] = {name: [] for name in (*RAW_CONTENDERS, "writer")}
+    cpu: dict[str, list[dict[str, float]]] = {name: [] for name in rates}
+    ours = []
     for _ in range(ROUNDS):
-        raw.append(await asyncio.to_thread(raw_client, settings, make(count)))
-        ours.append(await through_writer(settings, make(count)))
-    best = max(ours, key=lambda run: run["rows_per_s"])
-    raw_median = statistics.median(raw)
-    writer_median = statistics.median(run["rows_per_s"] for run in ours)
+        for name, encode in RAW_CONTENDERS.items():
+            rows = make(count)
+            with CpuClock(questdb) as clock:
+                rates[name].append(await asyncio.to_thread(raw_client, settings, rows, encode))
+            cpu[name].append(clock.per_row_us(count))
+        rows = make(count)
+        with CpuClock(questdb) as clock:
+            ours.append(await through_writer(settings, rows))
+        cpu["writer"].append(clock.per_row_us(count))
+        rates["writer"].append(ours[-1]["rows_per_s"])
     return {
         "rows": count,
-        "raw_rows_per_s": raw_median,
-        "writer_rows_per_s": writer_median,
-        "ratio": writer_median / raw_median,
-        "writer_best_run": best,
+        "rows_per_s": {name: statistics.median(runs) for name, runs in rates.items()},
+        "cpu_us_per_row": {
+            name: {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+            for name, runs in cpu.items()
+        },
+        "writer_best_run": max(ours, key=lambda run: run["rows_per_s"]),
         "peak_rss_growth_mib": max(run["peak_rss_growth_mib"] for run in ours),
     }
 
@@ -220,14 +286,21 @@ async def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--rows", type=int, default=200_000, help="rows per throughput run")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
-    settings = (await running_stack()).settings
+    stack = await running_stack()
+    settings = stack.settings
+    pid = stack.server("questdb").running_pid()
+    assert pid is not None, "QuestDB is up"
+    questdb = psutil.Process(pid)
+    load = os.getloadavg()
     results: dict[str, Any] = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores,"
         f" Python {platform.python_version()}",
         "questdb": QUESTDB_VERSION,
         "rounds": ROUNDS,
-        "trades": await compare(settings, trades, args.rows),
-        "metrics": await compare(settings, metrics, args.rows),
+        "load_average_before": load,
+        "trades": await compare(settings, questdb, trades, args.rows),
+        "metrics": await compare(settings, questdb, metrics, args.rows),
+        "load_average_after_throughput": os.getloadavg()[0],
         "visible_idle": await write_to_visible(settings, under_load=False),
         "visible_under_load": await write_to_visible(settings, under_load=True),
         "receipt_visible": await receipt_visible(settings),
@@ -237,16 +310,27 @@ async def main(argv: Sequence[str] | None = None) -> None:
     if args.json:
         print(json.dumps(results, indent=2))
         return
-    print(f"machine: {results['machine']}; QuestDB {results['questdb']}")
+    print(
+        f"machine: {results['machine']}; QuestDB {results['questdb']}; load average before: "
+        + " / ".join(f"{value:.1f}" for value in load)
+        + f", after the throughput runs: {results['load_average_after_throughput']:.1f}"
+    )
     for kind in ("trades", "metrics"):
         r = results[kind]
+        print(f"{kind}: {r['rows']:,} rows per run, median of {ROUNDS} rounds run in turns")
+        raw = r["rows_per_s"]["raw_one_per_call"]
+        for name, rate in r["rows_per_s"].items():
+            cpu = r["cpu_us_per_row"][name]
+            print(
+                f"  {name:18} {rate:>9,.0f} rows/s ({rate / raw:.2f}x raw one per call) | CPU per"
+                f" row: this process {cpu['client_us']:.2f} us, QuestDB {cpu['questdb_us']:.2f} us"
+            )
         best = r["writer_best_run"]
         print(
-            f"{kind:8} {r['rows']:>8} rows, median of {ROUNDS}: raw client "
-            f"{r['raw_rows_per_s']:>9,.0f} rows/s | writer {r['writer_rows_per_s']:>9,.0f} rows/s "
-            f"| ratio {r['ratio']:.2f} | writer peak: pending {best['peak_pending_mib']:.1f} MiB, "
-            f"RSS +{r['peak_rss_growth_mib']:.1f} MiB | flush p50/p99 "
-            f"{best['flush_p50_ms']:.0f}/{best['flush_p99_ms']:.0f} ms in {best['batches']} batches"
+            f"  writer peak: pending {best['peak_pending_mib']:.1f} MiB, RSS"
+            f" +{r['peak_rss_growth_mib']:.1f} MiB | flush p50/p99"
+            f" {best['flush_p50_ms']:.0f}/{best['flush_p99_ms']:.0f} ms"
+            f" in {best['batches']} batches"
         )
     for kind, label in (("visible_idle", "idle"), ("visible_under_load", "under load")):
         r = results[kind]

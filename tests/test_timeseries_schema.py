@@ -44,7 +44,7 @@ async def test_the_frozen_steps_made_exactly_the_tables_columns(
 def test_every_model_field_has_its_column_and_no_column_is_orphaned(
     model: type[TimeSeriesRow],
 ) -> None:
-    table_name, _ = ENCODERS[model]
+    table_name = ENCODERS[model].table
     (table,) = [table for table in schema.TABLES if table.name == table_name]
     assert sorted(_column(field) for field in model.model_fields) == sorted(table.column_names)
 
@@ -120,7 +120,7 @@ def _normalised(row: dict[str, Any]) -> dict[str, Any]:
 
 async def _stored(settings: Settings, row: TimeSeriesRow) -> list[dict[str, Any]]:
     """The rows of ``row``'s table that share its trader (metrics: its labels)."""
-    table_name, _ = ENCODERS[type(row)]
+    table_name = ENCODERS[type(row)].table
     (table,) = [table for table in schema.TABLES if table.name == table_name]
     key = "labels" if table_name == "metrics" else "trader_id"
     return await fetch(

@@ -26,7 +26,7 @@ from tradestore.errors import InvalidInputError, StoreUnavailableError, WriterCl
 from tradestore.models import Metric, MevEvent, Position, Trade, TradeAction
 from tradestore.settings import Settings
 from tradestore.timeseries import TimeSeriesStore, TimeSeriesWriter, enforce_retention, schema
-from tradestore.timeseries.rows import ENCODERS, append_row
+from tradestore.timeseries.rows import append_rows
 
 ALL_TABLES = [table.name for table in schema.TABLES]
 
@@ -238,14 +238,13 @@ async def test_ttl_drops_rows_older_than_thirty_days_and_keeps_the_rest(
     """The tables' own TTL; the writer refuses rows that old, so they go in past it."""
     name, now = f"ttl_{uuid4().hex}", datetime.now(UTC)
     ages = {"old": 40, "inside": 28, "new": 0}
-    _, encode = ENCODERS[Metric]
     with Sender.from_conf(settings.questdb.ilp_conf()) as sender:
         buffer = sender.new_buffer()
-        for age, days in ages.items():
-            metric = Metric(
-                timestamp=now - timedelta(days=days), name=name, value=days, labels={"age": age}
-            )
-            append_row(buffer, metric, encode)
+        metrics = [
+            Metric(timestamp=now - timedelta(days=days), name=name, value=days, labels={"age": age})
+            for age, days in ages.items()
+        ]
+        assert append_rows(buffer, metrics) == (len(metrics), None)
         sender.flush(buffer, transactional=True)
 
     async def stored() -> list[str]:

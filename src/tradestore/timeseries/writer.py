@@ -2,7 +2,7 @@
 
 Accepting: ``write``/``write_many`` check every row of a call first (``rows.check``: validated,
 its timestamp inside the window, storable) and then accept all of them or none. Accepted rows
-are encoded into their table's open batch on the event loop.
+are encoded into their table's open batch on the event loop, in runs of up to ``CHUNK_ROWS``.
 
 Sending: each table has a lane of its own: a task that seals the table's batch every
 ``flush_interval_s`` (sooner once it holds ``flush_rows``) and sends it as one HTTP request, one
@@ -48,12 +48,10 @@ from tradestore.settings import QuestDBSettings, Settings
 from tradestore.timeseries.rows import (
     ENCODERS,
     Buffer,
-    Encoder,
     TimeSeriesRow,
     Window,
-    append_row,
+    append_rows,
     check_all,
-    table_of,
 )
 from tradestore.timeseries.wal import WalWatch
 
@@ -62,8 +60,10 @@ log = logging.getLogger(__name__)
 PROTOCOL_VERSION = 3
 """ILP v3 carries DECIMAL; pinned so that creating a sender never needs the server."""
 LATENCY_SAMPLES = 1024
-YIELD_EVERY_ROWS = 512
-"""A producer that never awaits anything else still lets the lanes run this often."""
+CHUNK_ROWS = 512
+"""Rows are accepted in runs of at most this many (one Python call per run, not per row), and
+the event loop runs between two runs: a producer that never awaits anything else still lets the
+lanes run this often."""
 _REFUSED = re.compile(r'"?code"?:\s*"?(?:invalid|not supported|request too large)\b')
 """QuestDB's codes for HTTP 400, 413 and 415: the request's rows themselves are at fault."""
 
@@ -227,6 +227,17 @@ def _drop_sender(lane: _Lane) -> None:
             log.debug("closing a failed QuestDB sender: %s", error)
 
 
+def _by_model(rows: list[TimeSeriesRow]) -> list[list[TimeSeriesRow]]:
+    """The rows of each model in their order (each model has a table of its own); a call of one
+    model, the usual case, is not copied."""
+    if len(set(map(type, rows))) <= 1:
+        return [rows] if rows else []
+    groups: dict[type[TimeSeriesRow], list[TimeSeriesRow]] = {}
+    for row in rows:
+        groups.setdefault(type(row), []).append(row)
+    return list(groups.values())
+
+
 class TimeSeriesWriter:
     """Reached as ``TimeSeriesStore.writer``; tuned by the ``questdb`` settings (flush interval,
     flush rows, memory bound, retry delays, request timeout, time window, dead-letter file)."""
@@ -247,6 +258,8 @@ class TimeSeriesWriter:
         self._open: dict[str, _Batch] = {}
         """Each table's batch still taking rows; its lane seals it."""
         self._spare: list[Buffer] = []
+        self._unyielded = 0
+        """Rows accepted since ``write_many`` last let the event loop run."""
         self._factory: Sender | None = None
         self._space = asyncio.Event()
         self._started = False
@@ -280,25 +293,23 @@ class TimeSeriesWriter:
         self._require_open()
         checked = check_all(rows, Window.now(self.config))
         parts: list[_Part] = []
-        by_batch: dict[asyncio.Future[_Outcome], _Part] = {}
-        batch: _Batch | None = None
-        part: _Part | None = None
-        for row in checked:
-            table, encode = ENCODERS[type(row)]  # checked: one of the four models
-            accepted = self._try_accept(row, table, encode)
-            if accepted is None or self._counters.rows_accepted % YIELD_EVERY_ROWS == 0:
-                accepted = await self._settle(row, table, encode, accepted)
-                batch = None  # others may have written meanwhile: check the index again
-            if accepted is batch and part is not None:
-                part.end += 1  # the common case: right after the previous row, same batch
-                continue
-            batch, index = accepted, len(accepted.rows) - 1
-            part = by_batch.get(batch.ack)
-            if part is not None and part.end == index:
-                part.end += 1
-            else:
-                part = by_batch[batch.ack] = _Part(table, batch.ack, index, index + 1)
-                parts.append(part)
+        for group in _by_model(checked):
+            table = ENCODERS[type(group[0])].table  # checked: one of the four models
+            offset = 0
+            while offset < len(group):
+                batch = await self._open_batch(table)
+                first = len(batch.rows)
+                accepted = self._accept(batch, group[offset : offset + self._run_rows(batch)])
+                offset += accepted
+                last = parts[-1] if parts else None
+                if last is not None and last.ack is batch.ack and last.end == first:
+                    last.end = len(batch.rows)  # the same batch, right after: one part
+                else:
+                    parts.append(_Part(table, batch.ack, first, len(batch.rows)))
+                self._unyielded += accepted
+                if self._unyielded >= CHUNK_ROWS:  # however the rows come, one call or many
+                    self._unyielded = 0
+                    await asyncio.sleep(0)  # let the lanes seal and send
         return Receipt(parts, self._watch, self.dead_letters)
 
     async def flush(self, *, visible: bool = False) -> None:
@@ -393,38 +404,40 @@ class TimeSeriesWriter:
         if self._closing or not self._started:
             raise WriterClosedError("the time series writer is closed or not started")
 
-    def _try_accept(self, row: TimeSeriesRow, table: str, encode: Encoder) -> _Batch | None:
-        """Encode a checked row as the last of its table's open batch, and return that batch;
-        None while the memory bound is reached."""
-        if self._closing:
-            raise WriterClosedError("the time series writer is closed")
-        counters = self._counters
-        if counters.pending_bytes >= self.config.max_pending_bytes:
-            return None
-        batch = self._open.get(table) or self._new_batch(table)
-        append_row(batch.buffer, row, encode)
-        batch.rows.append(row)
-        before, batch.size = batch.size, len(batch.buffer)
-        counters.rows_accepted += 1
-        counters.pending_bytes += batch.size - before
-        if counters.pending_bytes > counters.peak_pending_bytes:  # noqa: PLR1730 - no call per row
-            counters.peak_pending_bytes = counters.pending_bytes
-        if len(batch.rows) >= self.config.flush_rows:
-            self._lanes[table].wake.set()
-        return batch
+    def _run_rows(self, batch: _Batch) -> int:
+        """How many rows the next run may bring: up to ``CHUNK_ROWS``, and no further than the
+        batch's ``flush_rows`` (at least one, if the lane has not sealed a full batch yet)."""
+        return max(1, min(CHUNK_ROWS, self.config.flush_rows - len(batch.rows)))
 
-    async def _settle(
-        self, row: TimeSeriesRow, table: str, encode: Encoder, batch: _Batch | None
-    ) -> _Batch:
-        """The slow path: wait for room for a row not yet accepted, and let the lanes run."""
-        while batch is None:
+    async def _open_batch(self, table: str) -> _Batch:
+        """The table's open batch, once the memory bound leaves room (backpressure)."""
+        while True:
+            if self._closing:
+                raise WriterClosedError("the time series writer is closed")
+            if self._counters.pending_bytes < self.config.max_pending_bytes:
+                return self._open.get(table) or self._new_batch(table)
             self._space.clear()
             for lane in self._lanes.values():
                 lane.wake.set()
             await self._space.wait()
-            batch = self._try_accept(row, table, encode)
-        await asyncio.sleep(0)
-        return batch
+
+    def _accept(self, batch: _Batch, rows: Sequence[TimeSeriesRow]) -> int:
+        """Encode checked rows of the batch's table as its last ones while the memory bound
+        leaves room (at least the first: the caller saw room); return how many. A row the
+        client refuses raises ``InvalidInputError``; the rows before it stay accepted."""
+        counters = self._counters
+        limit = batch.size + self.config.max_pending_bytes - counters.pending_bytes
+        accepted, refused = append_rows(batch.buffer, rows, limit)
+        batch.rows.extend(rows[:accepted])
+        before, batch.size = batch.size, len(batch.buffer)
+        counters.rows_accepted += accepted
+        counters.pending_bytes += batch.size - before
+        counters.peak_pending_bytes = max(counters.peak_pending_bytes, counters.pending_bytes)
+        if len(batch.rows) >= self.config.flush_rows:
+            self._lanes[batch.table].wake.set()
+        if refused is not None:
+            raise refused
+        return accepted
 
     def _new_lane(self, table: str) -> _Lane:
         lane = _Lane(table, ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"qdb-{table}"))
@@ -497,8 +510,7 @@ class TimeSeriesWriter:
         middle = len(rows) // 2
         for offset, half in ((0, rows[:middle]), (middle, rows[middle:])):
             buffer = self._buffer()
-            for row in half:
-                append_row(buffer, row, table_of(row)[1])
+            append_rows(buffer, half)  # every row went in once already: it goes in again
             try:
                 await self._send(lane, buffer, len(half))
             except _Refused as refused:
