@@ -151,6 +151,13 @@ class PostgresSettings(SocketSettings):
     max_json_bytes: int = Field(default=MAX_JSON_BYTES, ge=2, le=MAX_JSON_BYTES)
     """Token extensions larger than this (compact JSON) are refused; the models' 64 KiB is the
     ceiling."""
+    metadata_cache: bool = False
+    """Serve ``tokens.get`` and ``traders.get`` from an in-process cache that LISTEN/NOTIFY keeps
+    correct (one more connection per process)."""
+    metadata_cache_max_keys: int = Field(default=100_000, gt=0)
+    metadata_cache_check_s: Seconds = Field(default=2.0, gt=0)
+    """A quiet notification connection is checked this often and must answer within it, or it
+    is dropped and the cache emptied: a server that stopped answering sends no notifications."""
 
     @model_validator(mode="after")
     def _pool_bounds(self) -> Self:

@@ -8,9 +8,15 @@ from typing import Annotated, Self
 
 from pydantic import AfterValidator
 
+from tradestore.errors import ConfigError
 from tradestore.lifecycle import Lifecycle
 from tradestore.models.base import validate_arguments
 from tradestore.observability.latency import configure
+from tradestore.relational.metadata_cache import (
+    CachedTokenRepository,
+    CachedTraderRepository,
+    MetadataCache,
+)
 from tradestore.relational.migrate import MIGRATIONS_DIR, apply_migrations
 from tradestore.relational.pool import Database, PoolStats
 from tradestore.relational.repositories import (
@@ -42,28 +48,58 @@ class RelationalStore(Lifecycle):
     an application process never needs the owner's password. Migrations are ``tradestore init``
     (or ``migrate=True``, which does need it). Eager by default: entering opens the pool, so a
     wrong address or password fails at start; ``lazy=True`` opens it on first use.
+    ``metadata_cache=True`` (or ``postgres.metadata_cache``) serves ``tokens.get`` and
+    ``traders.get`` from memory, kept correct by LISTEN/NOTIFY (``MetadataCache``).
     """
 
-    def __init__(self, settings: Settings, *, migrate: bool = False, lazy: bool = False) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        migrate: bool = False,
+        lazy: bool = False,
+        metadata_cache: bool | None = None,
+    ) -> None:
         self.settings = settings
         configure(settings.observability)
         self._migrate_on_start = migrate
         self._lazy = lazy
         self._database = Database(settings, "app")
-        self.tokens = TokenRepository(self._database)
-        self.traders = TraderRepository(self._database)
+        self._metadata: MetadataCache | None = None
+        self.tokens: TokenRepository = TokenRepository(self._database)
+        self.traders: TraderRepository = TraderRepository(self._database)
+        if settings.postgres.metadata_cache if metadata_cache is None else metadata_cache:
+            self._metadata = MetadataCache(settings)
+            self.tokens = CachedTokenRepository(self._database, self._metadata)
+            self.traders = CachedTraderRepository(self._database, self._metadata)
         self.rules = OrderRuleRepository(self._database)
         self.nodes = NodeHealthRepository(self._database)
 
     @classmethod
-    def open(cls, settings: Settings, *, migrate: bool = False, lazy: bool = False) -> Self:
-        return cls(settings, migrate=migrate, lazy=lazy)
+    def open(
+        cls,
+        settings: Settings,
+        *,
+        migrate: bool = False,
+        lazy: bool = False,
+        metadata_cache: bool | None = None,
+    ) -> Self:
+        return cls(settings, migrate=migrate, lazy=lazy, metadata_cache=metadata_cache)
+
+    @property
+    def metadata_cache(self) -> MetadataCache:
+        """The near cache of tokens and trader configs; ConfigError when it is off."""
+        if self._metadata is None:
+            raise ConfigError("the metadata cache is off: open the store with metadata_cache=True")
+        return self._metadata
 
     async def start(self) -> None:
         if self._migrate_on_start:
             await asyncio.to_thread(apply_migrations, self.settings)
         if not self._lazy:
             await self._database.open()
+        if self._metadata is not None:
+            await self._metadata.start()
 
     @validate_arguments
     async def migrate(self, source: MigrationsDir = MIGRATIONS_DIR) -> list[str]:
@@ -78,4 +114,6 @@ class RelationalStore(Lifecycle):
         return self._database.stats()
 
     async def close(self) -> None:
+        if self._metadata is not None:
+            await self._metadata.close()
         await self._database.close()
