@@ -84,6 +84,24 @@ async def test_hits_are_served_from_memory_and_changes_elsewhere_are_seen(
     assert trader.id not in cache.traders.entries
 
 
+async def test_this_process_reads_its_own_writes_at_once(cached: RelationalStore) -> None:
+    token = await _cached_token(cached, _token())
+    renamed = await cached.tokens.upsert(token.model_copy(update={"symbol": "MINE"}))
+    assert await cached.tokens.get(token.address) == renamed  # no wait for the notification
+    trader = await cached.traders.create(
+        TraderConfig(
+            name="own",
+            mode=TradingMode.LIVE,
+            max_position_size=Decimal(5),
+            max_daily_loss=Decimal(1),
+            max_slippage_bps=10,
+        )
+    )
+    assert await cached.traders.get(trader.id) == trader
+    updated = await cached.traders.update(trader.model_copy(update={"max_slippage_bps": 11}))
+    assert await cached.traders.get(trader.id) == updated
+
+
 async def _symbol_of(store: RelationalStore, address: str) -> str | None:
     token = await store.tokens.get(address)
     return None if token is None else token.symbol

@@ -114,6 +114,10 @@ class _Table(Generic[K, V]):
             key = self._parse(text)
         except ValueError:  # not a key this table has: nothing of it can be cached
             return
+        self.forget(key)
+
+    def forget(self, key: K) -> None:
+        """Drop one key's entry, and its read in flight from being kept."""
         self.entries.pop(key, None)
         self._reads.pop(key, None)
 
@@ -222,6 +226,14 @@ class CachedTokenRepository(TokenRepository):
         through the checked ``get`` are cached, so a key found there was a valid address."""
         return self._cached.peek(address) or await self._cached.read(address, super().get)
 
+    async def upsert(self, token: TokenInfo) -> TokenInfo:
+        """As ``TokenRepository.upsert``; this process then reads its own write at once, without
+        waiting for the notification."""
+        try:
+            return await super().upsert(token)
+        finally:
+            self._cached.forget(token.address)
+
 
 class CachedTraderRepository(TraderRepository):
     """``get`` answered from the metadata cache when it can; everything else as before."""
@@ -233,3 +245,10 @@ class CachedTraderRepository(TraderRepository):
     async def get(self, trader_id: UUID) -> TraderConfig | None:
         """The trader with this id, or None; a hit is a dict lookup (see the tokens' ``get``)."""
         return self._cached.peek(trader_id) or await self._cached.read(trader_id, super().get)
+
+    async def update(self, config: TraderConfig) -> TraderConfig:
+        """As ``TraderRepository.update``; this process then reads its own write at once."""
+        try:
+            return await super().update(config)
+        finally:
+            self._cached.forget(config.id)

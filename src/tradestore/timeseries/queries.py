@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Context, Decimal
+from operator import methodcaller
 from typing import Annotated, Literal
 from uuid import UUID
 
@@ -33,6 +34,11 @@ EXACT = Context(prec=76)
 _TRADE_FIELDS = ", ".join(Trade.model_fields)
 """Every column, in the model's field order (a test checks the columns are the fields)."""
 _POSITION_FIELDS = ", ".join(Position.model_fields)
+LAST_TRADES = (
+    f"SELECT {_TRADE_FIELDS} FROM trades WHERE trader_id = $1"  # noqa: S608 - constant columns
+    " ORDER BY timestamp DESC LIMIT $2"
+)
+_VALUES = methodcaller("values")
 _MODES = TradingMode._value2member_map_
 _ACTIONS = TradeAction._value2member_map_
 
@@ -82,24 +88,56 @@ class _TraderIds(dict[str, UUID]):
 
 def _trades(rows: Sequence[Row]) -> list[Trade]:
     """Stored rows as models, without validating again (``from_stored``): the columns come in the
-    model's field order, so each row's dict becomes the model's own after four conversions."""
+    model's field order, and each row's values go straight into the model's own dict."""
     trader_ids = _TraderIds()
-    trades = []
-    for row in rows:
-        fields = dict(row)
-        fields["timestamp"] = fields["timestamp"].replace(tzinfo=UTC)
-        fields["trader_id"] = trader_ids[fields["trader_id"]]
-        fields["mode"] = _MODES[fields["mode"]]
-        fields["action"] = _ACTIONS[fields["action"]]
-        trades.append(from_stored(Trade, fields))
-    return trades
+    return [
+        from_stored(
+            Trade,
+            {
+                "id": id_,
+                "timestamp": timestamp.replace(tzinfo=UTC),
+                "trader_id": trader_ids[trader_id],
+                "mode": _MODES[mode],
+                "action": _ACTIONS[action],
+                "base_token": base_token,
+                "quote_token": quote_token,
+                "amount": amount,
+                "price": price,
+                "slippage": slippage,
+                "fee": fee,
+                "priority_fee": priority_fee,
+                "transfer_fee": transfer_fee,
+                "tx_signature": tx_signature,
+                "latency_ms": latency_ms,
+                "mev_protected": mev_protected,
+            },
+        )
+        for (
+            id_,
+            timestamp,
+            trader_id,
+            mode,
+            action,
+            base_token,
+            quote_token,
+            amount,
+            price,
+            slippage,
+            fee,
+            priority_fee,
+            transfer_fee,
+            tx_signature,
+            latency_ms,
+            mev_protected,
+        ) in map(_VALUES, rows)
+    ]
 
 
 def _positions(rows: Sequence[Row]) -> list[Position]:
     trader_ids = _TraderIds()
     positions = []
     for row in rows:
-        fields = dict(row)
+        fields = dict(zip(Position.model_fields, _VALUES(row), strict=True))
         fields["timestamp"] = fields["timestamp"].replace(tzinfo=UTC)
         fields["trader_id"] = trader_ids[fields["trader_id"]]
         positions.append(from_stored(Position, fields))
@@ -120,13 +158,7 @@ class TimeSeriesQueries:
     @validate_arguments
     async def last_trades(self, trader_id: UUID, limit: Limit = 1000) -> list[Trade]:
         """The trader's newest trades, newest first."""
-        rows = await self._pool.fetch(
-            f"SELECT {_TRADE_FIELDS} FROM trades WHERE trader_id = $1"  # noqa: S608
-            " ORDER BY timestamp DESC LIMIT $2",
-            str(trader_id),
-            limit,
-        )
-        return _trades(rows)
+        return _trades(await self._pool.fetch(LAST_TRADES, str(trader_id), limit))
 
     @timed("questdb", "query.pnl_by_interval")
     @validate_arguments
