@@ -10,7 +10,7 @@ Prints figures; asserts nothing about speed. Measures the local stack of ``./run
 - the metadata cache: a hit, 50 concurrent callers, and how soon a change committed on another
   connection is seen.
 
-    .venv/bin/python -m benchmarks.bench_reads [--samples 200] [--seconds 6]
+    .venv/bin/python -m benchmarks.bench_reads [--samples 200] [--seconds 6] [--gc-freeze]
 """
 
 from __future__ import annotations
@@ -224,9 +224,20 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--samples", type=int, default=200)
     parser.add_argument("--seconds", type=float, default=6.0)
+    parser.add_argument(
+        "--gc-freeze",
+        action="store_true",
+        help="gc.freeze() once started, as an application may: full collections skip what is old",
+    )
     options = parser.parse_args()
     settings = (await running_stack()).settings
-    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    if options.gc_freeze:
+        gc.collect()
+        gc.freeze()
+    print(
+        f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs;"
+        f" gc.freeze: {options.gc_freeze} ({gc.get_freeze_count():,} objects frozen)"
+    )
     await rows_as_models(settings, options.samples)
     await metadata_cache(settings, options.samples, options.seconds)
     print(f"load average {os.getloadavg()[0]:.1f} at the end")

@@ -33,6 +33,16 @@ def _token(symbol: str = "NEAR") -> TokenInfo:
     return TokenInfo(address=str(Pubkey(secrets.token_bytes(32))), symbol=symbol, decimals=6)
 
 
+def _trader() -> TraderConfig:
+    return TraderConfig(
+        name="near",
+        mode=TradingMode.PAPER,
+        max_position_size=Decimal(5),
+        max_daily_loss=Decimal(1),
+        max_slippage_bps=10,
+    )
+
+
 @pytest_asyncio.fixture
 async def cached(settings: Settings) -> AsyncIterator[RelationalStore]:
     async with RelationalStore.open(settings, metadata_cache=True) as store:
@@ -67,15 +77,7 @@ async def test_hits_are_served_from_memory_and_changes_elsewhere_are_seen(
     assert seen == "MOVED"
     assert cache.tokens.entries[token.address].symbol == "MOVED"  # cached again, fresh
 
-    trader = await cached.traders.create(
-        TraderConfig(
-            name="near",
-            mode=TradingMode.PAPER,
-            max_position_size=Decimal(5),
-            max_daily_loss=Decimal(1),
-            max_slippage_bps=10,
-        )
-    )
+    trader = await cached.traders.create(_trader())
     assert await cached.traders.get(trader.id) == trader
     assert trader.id in cache.traders.entries
     async with postgres(settings) as connection:
@@ -88,15 +90,7 @@ async def test_this_process_reads_its_own_writes_at_once(cached: RelationalStore
     token = await _cached_token(cached, _token())
     renamed = await cached.tokens.upsert(token.model_copy(update={"symbol": "MINE"}))
     assert await cached.tokens.get(token.address) == renamed  # no wait for the notification
-    trader = await cached.traders.create(
-        TraderConfig(
-            name="own",
-            mode=TradingMode.LIVE,
-            max_position_size=Decimal(5),
-            max_daily_loss=Decimal(1),
-            max_slippage_bps=10,
-        )
-    )
+    trader = await cached.traders.create(_trader())
     assert await cached.traders.get(trader.id) == trader
     updated = await cached.traders.update(trader.model_copy(update={"max_slippage_bps": 11}))
     assert await cached.traders.get(trader.id) == updated
