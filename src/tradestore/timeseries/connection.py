@@ -78,6 +78,12 @@ async def _decimals_as_text(conn: asyncpg.Connection) -> None:
     )
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Skip asyncpg's reset query on release, a second round trip per query: these connections
+    never change session state (no SET, LISTEN or locks), and one that failed is terminated."""
+    del conn
+
+
 class QueryPool:
     """A small pool of PG-wire connections, each made on first need: none is held open while
     QuestDB is away (no reconnect loop, no log noise), and ``open`` proves QuestDB answers.
@@ -116,6 +122,7 @@ class QueryPool:
                     min_size=0,
                     max_size=self._size,
                     init=_decimals_as_text,
+                    reset=_keep_session,
                 )
             return self._pool
 
