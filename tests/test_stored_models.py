@@ -20,7 +20,15 @@ from solders.signature import Signature
 
 from tests.timeseries_support import make_trades
 from tradestore.errors import InvalidInputError
-from tradestore.models import NodeHealth, OrderRule, Position, TokenInfo, Trade, TraderConfig
+from tradestore.models import (
+    NodeHealth,
+    OrderRule,
+    Position,
+    RuleClaim,
+    TokenInfo,
+    Trade,
+    TraderConfig,
+)
 from tradestore.models.base import (
     CircuitState,
     RuleType,
@@ -194,3 +202,29 @@ async def test_postgres_reads_are_the_validated_models(relational: RelationalSto
     # validation is refused.
     with pytest.raises(InvalidInputError):
         await relational.traders.update(updated.model_copy(update={"max_slippage_bps": -1}))
+
+
+def test_an_unvalidated_model_inside_another_is_validated_not_marked() -> None:
+    """Validating an outer model must not mark an inner one built without checks as valid."""
+    rule = OrderRule(
+        trader_id=uuid4(),
+        position_token=_mint(),
+        rule_type=RuleType.STOP_LOSS,
+        trigger_price=Decimal(1),
+        amount=Decimal(1),
+    )
+    bad = rule.model_copy(update={"amount": Decimal(-1)})
+    with pytest.raises(InvalidInputError):
+        RuleClaim(
+            rule=bad, claim_token=uuid4(), worker="w", lease_until=datetime.now(UTC), attempt=1
+        )
+    assert not was_validated(bad)
+    claim = RuleClaim(
+        rule=rule.model_copy(),
+        claim_token=uuid4(),
+        worker="w",
+        lease_until=datetime.now(UTC),
+        attempt=1,
+    )
+    assert was_validated(claim.rule)
+    assert claim.rule == rule

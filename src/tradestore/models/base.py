@@ -73,6 +73,9 @@ class TradestoreModel(BaseModel):
         extra="forbid",
         allow_inf_nan=False,
         use_enum_values=False,
+        # A model given as a field of another is validated again, not taken as it is: else the
+        # outer model's validation would mark an unvalidated inner one (model_construct) valid.
+        revalidate_instances="always",
     )
 
     @model_validator(mode="after")
