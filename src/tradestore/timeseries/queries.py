@@ -33,7 +33,8 @@ EXACT = Context(prec=76)
 
 _TRADE_FIELDS = ", ".join(Trade.model_fields)
 """Every column, in the model's field order (a test checks the columns are the fields)."""
-_POSITION_FIELDS = ", ".join(Position.model_fields)
+_POSITION_NAMES = tuple(Position.model_fields)
+_POSITION_FIELDS = ", ".join(_POSITION_NAMES)
 LAST_TRADES = (
     f"SELECT {_TRADE_FIELDS} FROM trades WHERE trader_id = $1"  # noqa: S608 - constant columns
     " ORDER BY timestamp DESC LIMIT $2"
@@ -137,7 +138,7 @@ def _positions(rows: Sequence[Row]) -> list[Position]:
     trader_ids = _TraderIds()
     positions = []
     for row in rows:
-        fields = dict(zip(Position.model_fields, _VALUES(row), strict=True))
+        fields = dict(zip(_POSITION_NAMES, _VALUES(row), strict=True))
         fields["timestamp"] = fields["timestamp"].replace(tzinfo=UTC)
         fields["trader_id"] = trader_ids[fields["trader_id"]]
         positions.append(from_stored(Position, fields))
