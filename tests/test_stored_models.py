@@ -68,8 +68,8 @@ def _field_by_field(model: TradestoreModel) -> None:
             assert stored.tzinfo is UTC, name
 
 
-def test_questdb_reads_select_every_field_in_model_order() -> None:
-    """The queries select the models' fields as columns: the schema has exactly those."""
+def test_questdb_reads_select_every_column_as_a_field() -> None:
+    """The queries select the models' fields by name: the tables have exactly those columns."""
     assert sorted(Trade.model_fields) == sorted(TRADES.column_names)
     assert sorted(Position.model_fields) == sorted(POSITIONS.column_names)
 
