@@ -8,7 +8,9 @@ empty itself when its notification connection drops, and keep working through it
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
+import signal
 from collections.abc import AsyncIterator
 from decimal import Decimal
 
@@ -87,13 +89,23 @@ async def test_hits_are_served_from_memory_and_changes_elsewhere_are_seen(
 
 
 async def test_this_process_reads_its_own_writes_at_once(cached: RelationalStore) -> None:
+    """Its own writes drop the key at once: checked while the listening backend is stopped, so
+    that no notification can be what made the new value appear."""
+    cache = cached.metadata_cache
     token = await _cached_token(cached, _token())
-    renamed = await cached.tokens.upsert(token.model_copy(update={"symbol": "MINE"}))
-    assert await cached.tokens.get(token.address) == renamed  # no wait for the notification
     trader = await cached.traders.create(_trader())
     assert await cached.traders.get(trader.id) == trader
-    updated = await cached.traders.update(trader.model_copy(update={"max_slippage_bps": 11}))
-    assert await cached.traders.get(trader.id) == updated
+    assert trader.id in cache.traders.entries
+    listener = cache.backend_pid
+    assert listener is not None
+    os.kill(listener, signal.SIGSTOP)
+    try:
+        renamed = await cached.tokens.upsert(token.model_copy(update={"symbol": "MINE"}))
+        assert await cached.tokens.get(token.address) == renamed
+        updated = await cached.traders.update(trader.model_copy(update={"max_slippage_bps": 11}))
+        assert await cached.traders.get(trader.id) == updated
+    finally:
+        os.kill(listener, signal.SIGCONT)
 
 
 async def _symbol_of(store: RelationalStore, address: str) -> str | None:
