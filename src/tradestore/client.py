@@ -23,11 +23,16 @@ class TradeStore(Lifecycle):
     """The data layer: ``timeseries`` (QuestDB), ``relational`` (PostgreSQL), ``cache`` (Redis)."""
 
     def __init__(
-        self, settings: Settings, *, lazy: bool = False, near_cache: bool | None = None
+        self,
+        settings: Settings,
+        *,
+        lazy: bool = False,
+        near_cache: bool | None = None,
+        metadata_cache: bool | None = None,
     ) -> None:
         self.settings = settings
         self.timeseries = TimeSeriesStore.open(settings, lazy=lazy)
-        self.relational = RelationalStore.open(settings, lazy=lazy)
+        self.relational = RelationalStore.open(settings, lazy=lazy, metadata_cache=metadata_cache)
         self.cache = CacheStore.open(settings, lazy=lazy, near_cache=near_cache)
         self.monitor: Monitor | None = None
         if settings.observability.enabled:
@@ -61,9 +66,16 @@ class TradeStore(Lifecycle):
 
 
 def connect(
-    settings: Settings | None = None, *, lazy: bool = False, near_cache: bool | None = None
+    settings: Settings | None = None,
+    *,
+    lazy: bool = False,
+    near_cache: bool | None = None,
+    metadata_cache: bool | None = None,
 ) -> TradeStore:
     """``async with tradestore.connect(settings) as db: ...``; settings default to the
     environment and the local stack. ``lazy=True`` connects each store on first use instead of
-    checking all three at start."""
-    return TradeStore(settings or Settings(), lazy=lazy, near_cache=near_cache)
+    checking all three at start. ``near_cache`` (prices) and ``metadata_cache`` (tokens, trader
+    configs) override the settings' choice of in-process caches."""
+    return TradeStore(
+        settings or Settings(), lazy=lazy, near_cache=near_cache, metadata_cache=metadata_cache
+    )

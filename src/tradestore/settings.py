@@ -202,6 +202,13 @@ class PostgresSettings(SocketSettings):
     read_your_writes: bool = False
     """Send reads to the primary too, so a read always sees the caller's last write (a standby
     replays it a little later); a store can also ask for this on its own."""
+    metadata_cache: bool = False
+    """Serve ``tokens.get`` and ``traders.get`` from an in-process cache that LISTEN/NOTIFY keeps
+    correct (one more connection per process)."""
+    metadata_cache_max_keys: int = Field(default=100_000, gt=0)
+    metadata_cache_check_s: Seconds = Field(default=2.0, gt=0)
+    """A quiet notification connection is checked this often and must answer within it, or it
+    is dropped and the cache emptied: a server that stopped answering sends no notifications."""
 
     @model_validator(mode="after")
     def _pool_bounds(self) -> Self:

@@ -73,6 +73,9 @@ class TradestoreModel(BaseModel):
         extra="forbid",
         allow_inf_nan=False,
         use_enum_values=False,
+        # A model given as a field of another is validated again, not taken as it is: else the
+        # outer model's validation would mark an unvalidated inner one (model_construct) valid.
+        revalidate_instances="always",
     )
 
     @model_validator(mode="after")
@@ -136,6 +139,32 @@ class TradestoreModel(BaseModel):
 
 
 _VALIDATED = operator.attrgetter("_tradestore_validated")
+_new = object.__new__
+_set = object.__setattr__
+M = TypeVar("M", bound=TradestoreModel)
+_ALL_FIELDS: dict[type[TradestoreModel], set[str]] = {}
+
+
+def from_stored(cls: type[M], fields: dict[str, Any]) -> M:
+    """A model of a row read from tradestore's own tables, built without validating it again.
+
+    Only for rows the stores read back: those were validated on their way in and the tables'
+    constraints hold them there, so checking each again costs more than the query (issue 13).
+    ``fields`` must hold every field, already in the validated form (enums, aware UTC instants)
+    and becomes the instance's ``__dict__`` as it is. The instance is not marked validated, so a
+    store that is handed it back checks it like any other input.
+    """
+    model = _new(cls)
+    _set(model, "__dict__", fields)
+    # One set per class, shared: frozen models never add to it and pydantic copies it first.
+    _set(model, "__pydantic_fields_set__", _ALL_FIELDS.get(cls) or _all_fields(cls))
+    _set(model, "__pydantic_extra__", None)
+    _set(model, "__pydantic_private__", None)
+    return model
+
+
+def _all_fields(cls: type[TradestoreModel]) -> set[str]:
+    return _ALL_FIELDS.setdefault(cls, set(cls.model_fields))
 
 
 def was_validated(model: TradestoreModel) -> bool:

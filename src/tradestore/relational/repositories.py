@@ -7,7 +7,8 @@ of shared traders, and reads only the node health it reported itself, unless a c
 
 Every query is a constant with $n parameters: nothing a caller passes is ever spliced into SQL.
 Every public call validates its arguments first (InvalidInputError) and raises only tradestore
-errors; rows come back as the validated models of ``tradestore.models``.
+errors; rows come back as the models of ``tradestore.models``, built without validating them
+again (``from_stored``): what these tables hold was validated on its way in.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Annotated, Any, TypeVar, cast
 from uuid import UUID
 
 from asyncpg import exceptions as pg_errors
-from pydantic import AwareDatetime, Field, JsonValue, StringConstraints
+from pydantic import AnyUrl, AwareDatetime, Field, JsonValue, StringConstraints
 
 from tradestore.errors import (
     AmbiguousSymbolError,
@@ -33,10 +34,13 @@ from tradestore.models import NodeHealth, OrderRule, RuleClaim, TokenInfo, Trade
 from tradestore.models.base import (
     CircuitState,
     PositiveMoney,
+    RuleType,
     SolanaAddress,
     Text,
     TokenSymbol,
+    TradingMode,
     bounded_json,
+    from_stored,
     validate_arguments,
 )
 from tradestore.models.relational import NodeName
@@ -120,6 +124,11 @@ def _inexact_floats(value: JsonValue, where: str) -> Iterator[FieldProblem]:
 MINT_COLUMNS = (
     "address, symbol, name, decimals, has_transfer_fee, transfer_fee_bps, extensions, last_updated"
 )
+"""The fields of TokenInfo, in its order: a row's values need no conversion."""
+
+
+def _token(row: Row) -> TokenInfo:
+    return from_stored(TokenInfo, dict(row))
 
 
 class TokenRepository(Repository):
@@ -158,7 +167,7 @@ class TokenRepository(Repository):
                 token.transfer_fee_bps,
                 extensions,
             )
-        return TokenInfo(**cast(Row, row))  # RETURNING yields the row
+        return _token(cast(Row, row))  # RETURNING yields the row
 
     @timed("postgres", "tokens.get")
     @public
@@ -168,7 +177,7 @@ class TokenRepository(Repository):
             f"SELECT {MINT_COLUMNS} FROM tokens WHERE address = $1",  # noqa: S608
             address,
         )
-        return None if row is None else TokenInfo(**row)
+        return None if row is None else _token(row)
 
     @timed("postgres", "tokens.find_by_symbol")
     @public
@@ -180,7 +189,7 @@ class TokenRepository(Repository):
             symbol,
             SYMBOL_CANDIDATES,
         )
-        return [TokenInfo(**row) for row in rows]
+        return [_token(row) for row in rows]
 
     @public
     async def get_by_symbol(self, symbol: TokenSymbol) -> TokenInfo | None:
@@ -203,7 +212,7 @@ class TokenRepository(Repository):
             after,
             limit,
         )
-        return [TokenInfo(**row) for row in rows]
+        return [_token(row) for row in rows]
 
 
 OWNED_BY = "({table}node_id IS NULL OR {table}node_id = ${param} OR ${param}::text IS NULL)"
@@ -218,6 +227,13 @@ TRADER_COLUMNS = (
     "id, name, mode, max_position_size, max_daily_loss, max_slippage_bps,"
     " mev_protection_enabled, created_at, updated_at"
 )
+"""The fields of TraderConfig, in its order."""
+
+
+def _trader(row: Row) -> TraderConfig:
+    fields = dict(row)
+    fields["mode"] = TradingMode(fields["mode"])
+    return from_stored(TraderConfig, fields)
 
 
 def _trader_values(config: TraderConfig) -> tuple[object, ...]:
@@ -256,7 +272,7 @@ class TraderRepository(Repository):
             raise InvalidInputError(
                 "TraderConfig", [FieldProblem("id", f"trader {config.id} already exists")]
             ) from None
-        return TraderConfig(**cast(Row, row))  # RETURNING yields the row
+        return _trader(cast(Row, row))  # RETURNING yields the row
 
     @timed("postgres", "traders.get")
     @public
@@ -265,7 +281,7 @@ class TraderRepository(Repository):
             f"SELECT {TRADER_COLUMNS} FROM trader_config WHERE id = $1",  # noqa: S608
             trader_id,
         )
-        return None if row is None else TraderConfig(**row)
+        return None if row is None else _trader(row)
 
     @timed("postgres", "traders.update")
     @public
@@ -283,7 +299,7 @@ class TraderRepository(Repository):
         )
         if row is None:
             raise NotFoundError(f"no trader {config.id}")
-        return TraderConfig(**row)
+        return _trader(row)
 
     @timed("postgres", "traders.list_all")
     @public
@@ -294,7 +310,7 @@ class TraderRepository(Repository):
             f" WHERE {_owned(1)} ORDER BY name, id",
             self._scope(shared),
         )
-        return [TraderConfig(**row) for row in rows]
+        return [_trader(row) for row in rows]
 
     @timed("postgres", "traders.node_of")
     @public
@@ -344,16 +360,21 @@ def _of_owned_trader(param: int) -> str:
 
 
 def _rule(row: Row) -> OrderRule:
-    return OrderRule(**{name: row[name] for name in RULE_FIELDS})
+    fields = {name: row[name] for name in RULE_FIELDS}
+    fields["rule_type"] = RuleType(fields["rule_type"])
+    return from_stored(OrderRule, fields)
 
 
 def _claim(row: Row) -> RuleClaim:
-    return RuleClaim(
-        rule=_rule(row),
-        claim_token=row["claim_token"],
-        worker=row["claimed_by"],
-        lease_until=row["lease_until"],
-        attempt=row["claims"],
+    return from_stored(
+        RuleClaim,
+        {
+            "rule": _rule(row),
+            "claim_token": row["claim_token"],
+            "worker": row["claimed_by"],
+            "lease_until": row["lease_until"],
+            "attempt": row["claims"],
+        },
     )
 
 
@@ -524,6 +545,14 @@ class OrderRuleRepository(Repository):
 HEALTH_COLUMNS = (
     'node, observed_at AS "timestamp", latency_ms, error_rate, circuit_breaker_status, last_failure'
 )
+"""The fields of NodeHealth, in its order."""
+
+
+def _health(row: Row) -> NodeHealth:
+    fields = dict(row)
+    fields["node"] = AnyUrl(fields["node"])
+    fields["circuit_breaker_status"] = CircuitState(fields["circuit_breaker_status"])
+    return from_stored(NodeHealth, fields)
 
 
 class NodeHealthRepository(Repository):
@@ -565,7 +594,7 @@ class NodeHealthRepository(Repository):
             " WHERE $1::text IS NULL OR reported_by = $1 ORDER BY node, observed_at DESC",
             self._scope(shared),
         )
-        return [NodeHealth(**row) for row in rows]
+        return [_health(row) for row in rows]
 
     @timed("postgres", "nodes.latest")
     @public
@@ -579,7 +608,7 @@ class NodeHealthRepository(Repository):
             node,
             self._scope(shared),
         )
-        return None if row is None else NodeHealth(**row)
+        return None if row is None else _health(row)
 
     @timed("postgres", "nodes.prune")
     @public

@@ -8,9 +8,15 @@ from typing import Annotated, Self
 
 from pydantic import AfterValidator
 
+from tradestore.errors import ConfigError
 from tradestore.lifecycle import Lifecycle
 from tradestore.models.base import validate_arguments
 from tradestore.observability.latency import configure
+from tradestore.relational.metadata_cache import (
+    CachedTokenRepository,
+    CachedTraderRepository,
+    MetadataCache,
+)
 from tradestore.relational.migrate import MIGRATIONS_DIR, apply_migrations
 from tradestore.relational.pool import Database, PoolStats
 from tradestore.relational.repositories import (
@@ -46,6 +52,11 @@ class RelationalStore(Lifecycle):
     With a standby configured (``postgres.standby_port``), read-only calls go to a second pool
     that prefers the standby, unless ``read_your_writes`` (default: the setting) keeps them on
     the primary, where they see this store's own writes at once.
+
+    ``metadata_cache=True`` (or ``postgres.metadata_cache``) serves ``tokens.get`` and
+    ``traders.get`` from memory, kept correct by LISTEN/NOTIFY (``MetadataCache``); its misses
+    read the primary, which sent the notifications (a standby may not have replayed the change
+    yet, and what it returned would be kept as fresh).
     """
 
     def __init__(
@@ -55,6 +66,7 @@ class RelationalStore(Lifecycle):
         migrate: bool = False,
         lazy: bool = False,
         read_your_writes: bool | None = None,
+        metadata_cache: bool | None = None,
     ) -> None:
         self.settings = settings
         configure(settings.observability)
@@ -65,8 +77,13 @@ class RelationalStore(Lifecycle):
             read_your_writes = settings.postgres.read_your_writes
         routed = settings.postgres.standby_port is not None and not read_your_writes
         self._reads = Database(settings, "app", reads=True) if routed else self._database
-        self.tokens = TokenRepository(self._database, self._reads)
-        self.traders = TraderRepository(self._database, self._reads)
+        self._metadata: MetadataCache | None = None
+        self.tokens: TokenRepository = TokenRepository(self._database, self._reads)
+        self.traders: TraderRepository = TraderRepository(self._database, self._reads)
+        if settings.postgres.metadata_cache if metadata_cache is None else metadata_cache:
+            self._metadata = MetadataCache(settings)
+            self.tokens = CachedTokenRepository(self._database, self._reads, self._metadata)
+            self.traders = CachedTraderRepository(self._database, self._reads, self._metadata)
         self.rules = OrderRuleRepository(self._database, self._reads)
         self.nodes = NodeHealthRepository(self._database, self._reads)
 
@@ -78,8 +95,22 @@ class RelationalStore(Lifecycle):
         migrate: bool = False,
         lazy: bool = False,
         read_your_writes: bool | None = None,
+        metadata_cache: bool | None = None,
     ) -> Self:
-        return cls(settings, migrate=migrate, lazy=lazy, read_your_writes=read_your_writes)
+        return cls(
+            settings,
+            migrate=migrate,
+            lazy=lazy,
+            read_your_writes=read_your_writes,
+            metadata_cache=metadata_cache,
+        )
+
+    @property
+    def metadata_cache(self) -> MetadataCache:
+        """The near cache of tokens and trader configs; ConfigError when it is off."""
+        if self._metadata is None:
+            raise ConfigError("the metadata cache is off: open the store with metadata_cache=True")
+        return self._metadata
 
     async def start(self) -> None:
         if self._migrate_on_start:
@@ -87,6 +118,8 @@ class RelationalStore(Lifecycle):
         if not self._lazy:
             await self._database.open()
             await self._reads.open()
+        if self._metadata is not None:
+            await self._metadata.start()
 
     @validate_arguments
     async def migrate(self, source: MigrationsDir = MIGRATIONS_DIR) -> list[str]:
@@ -107,5 +140,7 @@ class RelationalStore(Lifecycle):
         return self._reads.stats()
 
     async def close(self) -> None:
+        if self._metadata is not None:
+            await self._metadata.close()
         await self._reads.close()
         await self._database.close()

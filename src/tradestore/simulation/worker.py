@@ -104,7 +104,8 @@ async def _work(
     plan: RunPlan, worker: int, outbox: Queue[Message], go: ProcessEvent, stop: ProcessEvent
 ) -> WorkerResult:
     async with (
-        tradestore.connect(plan.settings, near_cache=True) as db,
+        # Traders re-read their limits and tokens now and then: from memory, never stale.
+        tradestore.connect(plan.settings, near_cache=True, metadata_cache=True) as db,
         db.cache.publisher() as publisher,
     ):
         context = WorkerContext(db=db, plan=plan, worker=worker, deadline=math.inf)

@@ -8,34 +8,40 @@ set of SQL literals, never built from caller text.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Context, Decimal
-from typing import Annotated, Any, Literal
+from operator import methodcaller
+from typing import Annotated, Literal
 from uuid import UUID
 
 from pydantic import Field
 
 from tradestore.models import Position, Trade, TradeAction, TradingMode
-from tradestore.models.base import UtcDatetime, validate_arguments
+from tradestore.models.base import UtcDatetime, from_stored, validate_arguments
 from tradestore.observability.latency import timed
 from tradestore.timeseries.connection import QueryPool, Row
-from tradestore.timeseries.schema import POSITIONS, TRADES
 
 Interval = Literal["1m", "5m", "15m", "1h", "4h", "1d"]
 MAX_TRADES = 10_000
 Limit = Annotated[int, Field(ge=1, le=MAX_TRADES)]
 NOTIONAL_DECIMALS = 18
 _QUANTUM = Decimal(1).scaleb(-NOTIONAL_DECIMALS)
-_ONE = Decimal(1)
 EXACT = Context(prec=76)
 """Wide enough for DECIMAL(56, 18) and its products; Python's default 28 digits would round."""
 
-_TRADE_FIELDS = TRADES.select_list()
-_POSITION_FIELDS = POSITIONS.select_list()
-_MONEY_FIELDS = frozenset(
-    ("amount", "price", "fee", "transfer_fee", "cost_basis", "current_price", "unrealized_pnl")
+_TRADE_FIELDS = ", ".join(Trade.model_fields)
+"""Every column, in the model's field order (a test checks the columns are the fields)."""
+_POSITION_NAMES = tuple(Position.model_fields)
+_POSITION_FIELDS = ", ".join(_POSITION_NAMES)
+LAST_TRADES = (
+    f"SELECT {_TRADE_FIELDS} FROM trades WHERE trader_id = $1"  # noqa: S608 - constant columns
+    " ORDER BY timestamp DESC LIMIT $2"
 )
+_VALUES = methodcaller("values")
+_MODES = TradingMode._value2member_map_
+_ACTIONS = TradeAction._value2member_map_
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,31 +79,70 @@ def _naive(instant: datetime) -> datetime:
     return instant.replace(tzinfo=None)
 
 
-def _stored(row: Row) -> dict[str, Any]:
-    """A stored row as model fields. Rows were validated on their way in, so models are rebuilt
-    without validating again (that would triple the cost of ``last_trades``)."""
-    values = dict(row)
-    values["timestamp"] = _utc(values["timestamp"])
-    values["trader_id"] = UUID(values["trader_id"])
-    for name in _MONEY_FIELDS.intersection(values):
-        values[name] = _tidy(values[name])
-    return values
+class _TraderIds(dict[str, UUID]):
+    """A trader's id parsed once per query, not once per row (rows of one trader share it)."""
+
+    def __missing__(self, text: str) -> UUID:
+        parsed = self[text] = UUID(text)
+        return parsed
 
 
-def _tidy(value: Decimal) -> Decimal:
-    """Stored at scale 18: drop the trailing zeros, without turning 100 into 1E+2."""
-    value = value.normalize(EXACT)
-    exponent = value.as_tuple().exponent
-    return (
-        value.quantize(_ONE, context=EXACT) if isinstance(exponent, int) and exponent > 0 else value
-    )
+def _trades(rows: Sequence[Row]) -> list[Trade]:
+    """Stored rows as models, without validating again (``from_stored``): the columns come in the
+    model's field order, and each row's values go straight into the model's own dict."""
+    trader_ids = _TraderIds()
+    return [
+        from_stored(
+            Trade,
+            {
+                "id": id_,
+                "timestamp": timestamp.replace(tzinfo=UTC),
+                "trader_id": trader_ids[trader_id],
+                "mode": _MODES[mode],
+                "action": _ACTIONS[action],
+                "base_token": base_token,
+                "quote_token": quote_token,
+                "amount": amount,
+                "price": price,
+                "slippage": slippage,
+                "fee": fee,
+                "priority_fee": priority_fee,
+                "transfer_fee": transfer_fee,
+                "tx_signature": tx_signature,
+                "latency_ms": latency_ms,
+                "mev_protected": mev_protected,
+            },
+        )
+        for (
+            id_,
+            timestamp,
+            trader_id,
+            mode,
+            action,
+            base_token,
+            quote_token,
+            amount,
+            price,
+            slippage,
+            fee,
+            priority_fee,
+            transfer_fee,
+            tx_signature,
+            latency_ms,
+            mev_protected,
+        ) in map(_VALUES, rows)
+    ]
 
 
-def _trade(row: Row) -> Trade:
-    values = _stored(row)
-    values["mode"] = TradingMode(values["mode"])
-    values["action"] = TradeAction(values["action"])
-    return Trade.model_construct(**values)
+def _positions(rows: Sequence[Row]) -> list[Position]:
+    trader_ids = _TraderIds()
+    positions = []
+    for row in rows:
+        fields = dict(zip(_POSITION_NAMES, _VALUES(row), strict=True))
+        fields["timestamp"] = fields["timestamp"].replace(tzinfo=UTC)
+        fields["trader_id"] = trader_ids[fields["trader_id"]]
+        positions.append(from_stored(Position, fields))
+    return positions
 
 
 def _quantize(value: Decimal | None) -> Decimal:
@@ -114,13 +159,7 @@ class TimeSeriesQueries:
     @validate_arguments
     async def last_trades(self, trader_id: UUID, limit: Limit = 1000) -> list[Trade]:
         """The trader's newest trades, newest first."""
-        rows = await self._pool.fetch(
-            f"SELECT {_TRADE_FIELDS} FROM trades WHERE trader_id = $1"  # noqa: S608
-            " ORDER BY timestamp DESC LIMIT $2",
-            str(trader_id),
-            limit,
-        )
-        return [_trade(row) for row in rows]
+        return _trades(await self._pool.fetch(LAST_TRADES, str(trader_id), limit))
 
     @timed("questdb", "query.pnl_by_interval")
     @validate_arguments
@@ -169,7 +208,7 @@ class TimeSeriesQueries:
             " LATEST ON timestamp PARTITION BY trader_id, token",
             None if trader_id is None else str(trader_id),
         )
-        return [Position.model_construct(**_stored(row)) for row in rows]
+        return _positions(rows)
 
     @timed("questdb", "query.mev_summary")
     @validate_arguments

@@ -1,0 +1,247 @@
+"""Reads of issue 13: rows as models against raw asyncpg, and the PostgreSQL metadata cache.
+
+Prints figures; asserts nothing about speed. Measures the local stack of ``./run start``
+(TRADESTORE_* variables move it) and starts it if it is down.
+
+- the last 1,000 trades of a trader (QuestDB) and a page of 1,000 tokens (PostgreSQL): raw
+  asyncpg on the same SQL, tradestore's models built from stored rows, and the same models
+  validated by pydantic; samples interleaved call by call, so each variant sees the same load;
+  garbage collections counted per variant;
+- the metadata cache: a hit, 50 concurrent callers, and how soon a change committed on another
+  connection is seen.
+
+    .venv/bin/python -m benchmarks.bench_reads [--samples 200] [--seconds 6] [--gc-freeze]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import os
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from datetime import UTC
+from typing import Any
+
+import asyncpg
+
+from benchmarks.bench_relational import ROUNDS, _drive, _raw_pool, _seed
+from benchmarks.bench_timeseries import trades
+from benchmarks.support import p50_p99, running_stack
+from tradestore.models import TokenInfo, Trade
+from tradestore.relational import RelationalStore
+from tradestore.relational.repositories import MINT_COLUMNS
+from tradestore.settings import Settings
+from tradestore.timeseries import TimeSeriesStore
+from tradestore.timeseries.connection import QueryPool
+from tradestore.timeseries.queries import LAST_TRADES
+
+ROWS = 1_000
+PAGE = f"SELECT {MINT_COLUMNS} FROM tokens ORDER BY address LIMIT $1"  # noqa: S608
+LOOKUP = f"SELECT {MINT_COLUMNS} FROM tokens WHERE address = $1"  # noqa: S608
+
+Call = Callable[[], Awaitable[object]]
+
+
+class _Collections:
+    """Garbage collections per generation while one variant runs (gc.callbacks)."""
+
+    def __init__(self) -> None:
+        self.current = ""
+        self.counts: Counter[tuple[str, int]] = Counter()
+        gc.callbacks.append(self._seen)
+
+    def _seen(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start" and self.current:
+            self.counts[(self.current, info["generation"])] += 1
+
+    def of(self, name: str) -> str:
+        return "/".join(str(self.counts[(name, generation)]) for generation in range(3))
+
+
+async def _interleaved(variants: dict[str, Call], samples: int) -> None:
+    """Each variant once per round, in rotating order; p50/p99 and collections per variant."""
+    collections = _Collections()
+    latencies: dict[str, list[float]] = {name: [] for name in variants}
+    names = list(variants)
+    for call in variants.values():
+        await call()  # warm-up: statements prepared, codecs loaded
+    for turn in range(samples):
+        for name in names[turn % len(names) :] + names[: turn % len(names)]:
+            collections.current = name
+            started = time.perf_counter()
+            await variants[name]()
+            latencies[name].append((time.perf_counter() - started) * 1000)
+            collections.current = ""
+    raw_p50 = p50_p99(latencies[names[0]])[0]
+    for name in names:
+        p50, p99 = p50_p99(latencies[name])
+        print(
+            f"  {name:<44} p50 {p50:7.2f} ms  p99 {p99:7.2f} ms  {p50 / raw_p50:5.2f}x raw"
+            f"  gc gen0/1/2 {collections.of(name)}"
+        )
+
+
+async def rows_as_models(settings: Settings, samples: int) -> None:
+    rows = trades(20_000)
+    trader = str(rows[0].trader_id)
+    raw = await asyncpg.connect(**settings.questdb.connect_arguments())
+    pool = QueryPool(settings, size=1)  # tradestore's codecs (DECIMAL as trimmed text)
+    try:
+        async with TimeSeriesStore.open(settings) as store:
+            await (await store.writer.write_many(rows))
+            while len(await store.queries.last_trades(rows[0].trader_id, ROWS)) < ROWS:  # noqa: ASYNC110 - polls QuestDB
+                await asyncio.sleep(0.05)
+
+            async def validated() -> list[Trade]:
+                found = await pool.fetch(LAST_TRADES, trader, ROWS)
+                return [
+                    Trade.model_validate({**row, "timestamp": row["timestamp"].replace(tzinfo=UTC)})
+                    for row in found
+                ]
+
+            print(f"-- QuestDB: last {ROWS:,} trades of a trader among 20,000, {samples} each")
+            await _interleaved(
+                {
+                    "raw asyncpg fetch -> Records (same SQL)": lambda: raw.fetch(
+                        LAST_TRADES, trader, ROWS
+                    ),
+                    "tradestore last_trades -> Trade (stored)": lambda: store.queries.last_trades(
+                        rows[0].trader_id, ROWS
+                    ),
+                    "same rows -> Trade validated by pydantic": validated,
+                },
+                samples,
+            )
+    finally:
+        await raw.close()
+        await pool.close()
+
+    raw_pool = await _raw_pool(settings, default_reset=False)
+    try:
+        async with RelationalStore.open(settings) as relational:
+            await _seed(relational)
+
+            async def validated_page() -> list[TokenInfo]:
+                return [
+                    TokenInfo.model_validate(dict(row)) for row in await raw_pool.fetch(PAGE, ROWS)
+                ]
+
+            print(f"-- PostgreSQL: a page of {ROWS:,} tokens (JSONB extensions), {samples} each")
+            await _interleaved(
+                {
+                    "raw asyncpg fetch -> Records (same SQL)": lambda: raw_pool.fetch(PAGE, ROWS),
+                    "tradestore tokens.page -> TokenInfo (stored)": lambda: relational.tokens.page(
+                        limit=ROWS
+                    ),
+                    "same rows -> TokenInfo validated by pydantic": validated_page,
+                },
+                samples,
+            )
+    finally:
+        await raw_pool.close()
+
+
+def _hit_ns(call: Callable[[], object], samples: int) -> tuple[float, float]:
+    latencies: list[float] = []
+    for _ in range(samples):
+        started = time.perf_counter_ns()
+        call()
+        latencies.append(time.perf_counter_ns() - started)
+    return p50_p99(latencies)
+
+
+async def _awaited_hit_ns(call: Call, samples: int) -> tuple[float, float]:
+    latencies: list[float] = []
+    for _ in range(samples):
+        started = time.perf_counter_ns()
+        await call()
+        latencies.append(time.perf_counter_ns() - started)
+    return p50_p99(latencies)
+
+
+async def metadata_cache(settings: Settings, samples: int, seconds: float) -> None:
+    raw_pool = await _raw_pool(settings, default_reset=False)
+    changer = await asyncpg.connect(**settings.postgres.connect_arguments("app"))
+    try:
+        async with (
+            RelationalStore.open(settings, metadata_cache=True) as cached,
+            RelationalStore.open(settings) as plain,
+        ):
+            addresses = await _seed(cached)
+            cache = cached.metadata_cache
+            while not cache.linked:  # noqa: ASYNC110 - set by the cache's own task
+                await asyncio.sleep(0.01)
+            address = addresses[0]
+            await cached.tokens.get(address)
+            print("-- PostgreSQL metadata cache")
+            peek = _hit_ns(lambda: cache.tokens.peek(address), 100_000)
+            get = await _awaited_hit_ns(lambda: cached.tokens.get(address), 100_000)
+            print(f"  hit, cache.tokens.peek          p50 {peek[0]:7.0f} ns  p99 {peek[1]:7.0f} ns")
+            print(f"  hit, await tokens.get (cached)  p50 {get[0]:7.0f} ns  p99 {get[1]:7.0f} ns")
+
+            contenders: dict[str, Callable[[str], Awaitable[object]]] = {
+                "tokens.get, metadata cache": cached.tokens.get,
+                "tokens.get, no cache": plain.tokens.get,
+                "raw asyncpg fetchrow": lambda key: raw_pool.fetchrow(LOOKUP, key),
+            }
+            hot = addresses[:100]
+            latencies: dict[str, list[float]] = {name: [] for name in contenders}
+            names = list(contenders)
+            for turn in range(ROUNDS):  # rotating order: a busy neighbour hurts each alike
+                for name in names[turn:] + names[:turn]:
+                    found = await _drive(contenders[name], hot, 50, seconds / ROUNDS)
+                    latencies[name].extend(ns / 1000 for ns in found)
+            print(f"  50 concurrent callers, {len(hot)} hot tokens, {seconds:g} s each")
+            for name, measured in latencies.items():
+                p50, p99 = p50_p99(measured)
+                rate = len(measured) / seconds
+                print(f"    {name:<30} {rate:>10,.0f}/s  p50 {p50:8.1f} µs  p99 {p99:8.1f} µs")
+
+            seen: list[float] = []
+            for number in range(samples):
+                symbol = f"S{number}"
+                await changer.execute(
+                    "UPDATE tokens SET symbol = $2 WHERE address = $1", address, symbol
+                )
+                committed = time.perf_counter()
+                while (token := await cached.tokens.get(address)) is None or token.symbol != symbol:  # noqa: ASYNC110
+                    await asyncio.sleep(0)  # as a caller would: read, read again
+                seen.append((time.perf_counter() - committed) * 1000)
+            p50, p99 = p50_p99(seen)
+            print(
+                f"  change committed on another connection -> seen by tokens.get:"
+                f" p50 {p50:.3f} ms  p99 {p99:.3f} ms  max {max(seen):.3f} ms ({samples} changes)"
+            )
+    finally:
+        await changer.close()
+        await raw_pool.close()
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--samples", type=int, default=200)
+    parser.add_argument("--seconds", type=float, default=6.0)
+    parser.add_argument(
+        "--gc-freeze",
+        action="store_true",
+        help="gc.freeze() once started, as an application may: full collections skip what is old",
+    )
+    options = parser.parse_args()
+    settings = (await running_stack()).settings
+    if options.gc_freeze:
+        gc.collect()
+        gc.freeze()
+    print(
+        f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs;"
+        f" gc.freeze: {options.gc_freeze} ({gc.get_freeze_count():,} objects frozen)"
+    )
+    await rows_as_models(settings, options.samples)
+    await metadata_cache(settings, options.samples, options.seconds)
+    print(f"load average {os.getloadavg()[0]:.1f} at the end")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
