@@ -27,7 +27,6 @@ import anyio
 import anyio.lowlevel
 import coredis
 from coredis.commands.constants import CommandName
-from coredis.credentials import AbstractCredentialProvider, UserPass
 from coredis.exceptions import AuthenticationError as CoredisAuthenticationError
 from coredis.exceptions import AuthorizationError as CoredisAuthorizationError
 from coredis.exceptions import RedisError as CoredisError
@@ -35,11 +34,11 @@ from coredis.patterns.cache import AbstractCache, CacheStats, NodeTrackingCache
 from coredis.typing import RedisValueT, ResponseType
 
 from tradestore.cache.keys import address, decode_price, price_key
+from tradestore.cache.topology import CheckedCoredisSentinel, coredis_credentials
 from tradestore.errors import ConfigError, StoreUnavailableError
 from tradestore.lifecycle import Lifecycle
 from tradestore.observability.counters import count
 from tradestore.observability.latency import timed, timed_lookup
-from tradestore.peers import GuardedCredentials
 from tradestore.settings import RedisSettings
 
 _KEEPALIVE_WAKE_S = 1.0
@@ -163,16 +162,6 @@ class _TrackingLink(NodeTrackingCache[Any]):
             await anyio.lowlevel.checkpoint()
 
 
-class _CheckedUserPass(AbstractCredentialProvider):
-    """coredis' side of the settings' guarded credentials: the server is checked first."""
-
-    def __init__(self, credentials: GuardedCredentials) -> None:
-        self._credentials = credentials
-
-    async def get_credentials(self) -> UserPass:
-        return UserPass(self._credentials.username, self._credentials.secret())
-
-
 class NearCache(Lifecycle):
     """In-process prices served without a round trip, never after Redis changed or expired them.
 
@@ -184,31 +173,45 @@ class NearCache(Lifecycle):
 
     def __init__(self, config: RedisSettings) -> None:
         self._entries = _Entries(config.near_cache_max_keys)
+        self._exit = AsyncExitStack()
+        self._sentinel: CheckedCoredisSentinel | None = None
         arguments = config.connect_arguments()
-        path = arguments.get("unix_socket_path")
-        address = (
-            {"unix_socket_path": path}
-            if path is not None
-            else {"host": arguments["host"], "port": arguments["port"]}
-        )
-        self._client: coredis.Redis[bytes] = coredis.Redis(
-            **address,
-            db=arguments["db"],
-            credential_provider=_CheckedUserPass(arguments["credential_provider"]),
-            decode_responses=False,  # decode_price refuses bytes that are not UTF-8
-            stream_timeout=arguments["socket_timeout"],  # coredis' names for redis-py's
-            connect_timeout=arguments["socket_connect_timeout"],
-            max_connections=config.near_cache_connections,
-            cache=self._entries,
-        )
+        common: dict[str, Any] = {
+            "db": arguments["db"],
+            "credential_provider": coredis_credentials(arguments["credential_provider"]),
+            "stream_timeout": arguments["socket_timeout"],  # coredis' names for redis-py's
+            "connect_timeout": arguments["socket_connect_timeout"],
+            "max_connections": config.near_cache_connections,
+        }
+        if config.sentinels:
+            # The primary the sentinels name; after a failover coredis re-links the tracking
+            # connection there and flushes this cache (NodeTrackingCache.run).
+            self._sentinel = CheckedCoredisSentinel(config, cache=self._entries)
+            self._client: coredis.Redis[bytes] = self._sentinel.primary_for(
+                config.service_name, **common
+            )
+        else:
+            path = arguments.get("unix_socket_path")
+            address = (
+                {"unix_socket_path": path}
+                if path is not None
+                else {"host": arguments["host"], "port": arguments["port"]}
+            )
+            self._client = coredis.Redis(
+                **address,
+                **common,
+                decode_responses=False,  # decode_price refuses bytes that are not UTF-8
+                cache=self._entries,
+            )
         pool = self._client.connection_pool
         self._link = _TrackingLink(pool, self._entries, config.near_cache_max_idle_s)
         pool.cache = self._link
         self._fetches: dict[str, asyncio.Future[Decimal | None]] = {}
-        self._exit = AsyncExitStack()
 
     async def start(self) -> None:
         try:
+            if self._sentinel is not None:
+                await self._exit.enter_async_context(self._sentinel)
             await self._exit.enter_async_context(self._client)
         except (CoredisAuthenticationError, CoredisAuthorizationError) as error:
             raise ConfigError(f"redis: near cache: refused: {error}") from error

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from enum import StrEnum
+from typing import Annotated
 
 import typer
 from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
@@ -25,7 +27,9 @@ app = typer.Typer(help="Start, stop and inspect the local PostgreSQL, Redis and 
 
 def _status_table(statuses: list[ServerStatus]) -> Table:
     table = Table(title="tradestore stack")
-    for column in ("server", "state", "version", "address", "latency", "pid"):
+    replicated = any(status.role for status in statuses)
+    columns = ("server", "state", "version", "address", "latency", "pid")
+    for column in (*columns, "replication") if replicated else columns:
         # A socket's path folds over lines rather than lose its end to an ellipsis.
         table.add_column(column, no_wrap=column != "address", overflow="fold")
     for status in statuses:
@@ -40,6 +44,7 @@ def _status_table(statuses: list[ServerStatus]) -> Table:
             status.address,
             latency,
             str(status.pid or "-"),
+            *([f"{status.role}: {status.replication}" if status.role else "-"] * replicated),
         )
     return table
 
@@ -60,9 +65,13 @@ def _change_stack(
     ctx: typer.Context,
     change: Callable[[LocalStack, ServerCallback], Awaitable[None]],
     as_json: bool,
+    topology: Topology | None = None,
 ) -> None:
     """Run up or down with a live line per server, then print the resulting status."""
-    stack = LocalStack(settings_of(ctx))
+    settings = settings_of(ctx)
+    if topology is not None:
+        settings = settings.model_copy(update={"topology": topology.value})
+    stack = LocalStack(settings)
 
     async def work() -> list[ServerStatus]:
         if as_json:
@@ -83,10 +92,25 @@ def _print_statuses(statuses: list[ServerStatus], as_json: bool) -> None:
         console.print(_status_table(statuses))
 
 
+class Topology(StrEnum):
+    single = "single"
+    replicated = "replicated"
+
+
 @app.command()
-def up(ctx: typer.Context, as_json: JsonOption = False) -> None:
+def up(
+    ctx: typer.Context,
+    topology: Annotated[
+        Topology | None,
+        typer.Option(
+            help="replicated: Redis with a replica and three sentinels that fail over "
+            "(default: the setting, or what the stack was last brought up as)"
+        ),
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
     """Start every stopped server, then wait until each answers a real query."""
-    _change_stack(ctx, LocalStack.up, as_json)
+    _change_stack(ctx, LocalStack.up, as_json, topology)
 
 
 @app.command()

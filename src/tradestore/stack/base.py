@@ -7,7 +7,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 LATENCY_SAMPLES = 5
 
@@ -24,6 +24,10 @@ class ServerStatus:
     version: str | None = None
     latency_ms: float | None = None
     error: str | None = None
+    role: str | None = None
+    """A replicated server's role (master, replica, sentinel)."""
+    replication: str | None = None
+    """Its replication as it sees it: link and lag, or the primary a sentinel names."""
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -53,13 +57,24 @@ class ManagedServer(Protocol):
         """The server's version and the median round trip of a real query, in ms."""
 
 
+@runtime_checkable
+class ReplicatedServer(Protocol):
+    """A server of the replicated topology, which also reports its part in the replication."""
+
+    async def replication(self) -> tuple[str, str]:
+        """Its role and what it sees of the replication (link, lag, the primary)."""
+
+
 async def server_status(server: ManagedServer) -> ServerStatus:
     """Report one server; a server that does not answer is reported, never raised."""
     pid = server.running_pid()
     if pid is None:
         return ServerStatus(server.name, False, server.address, server.log_file)
+    role = replication = None
     try:
         version, latency_ms = await server.measure()
+        if isinstance(server, ReplicatedServer):
+            role, replication = await server.replication()
     except Exception as error:  # status reports any failure; it never raises
         return ServerStatus(
             server.name, True, server.address, server.log_file, pid=pid, error=str(error)
@@ -72,6 +87,8 @@ async def server_status(server: ManagedServer) -> ServerStatus:
         pid=pid,
         version=version,
         latency_ms=latency_ms,
+        role=role,
+        replication=replication,
     )
 
 

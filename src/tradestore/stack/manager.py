@@ -15,6 +15,7 @@ from tradestore.stack.lock import stack_lock
 from tradestore.stack.postgres import PostgresServer
 from tradestore.stack.questdb import QuestDBServer
 from tradestore.stack.redis import RedisServer
+from tradestore.stack.replica import RedisTopology
 
 ServerCallback = Callable[[str, str], None]
 """Told (server name, what happened) as each server moves on; drives progress output."""
@@ -28,7 +29,11 @@ def _ignore(_server: str, _event: str) -> None:
 
 
 class LocalStack:
-    """Starts, stops and reports PostgreSQL, Redis and QuestDB for one data directory."""
+    """Starts, stops and reports PostgreSQL, Redis and QuestDB for one data directory.
+
+    In the replicated topology, Redis is a primary, a replica and three sentinels; clients
+    then find the primary through the sentinels (``settings.redis.sentinels``).
+    """
 
     def __init__(self, settings: Settings) -> None:
         self._configure(settings)
@@ -36,14 +41,17 @@ class LocalStack:
     def _configure(self, settings: Settings) -> None:
         """The servers of settings' data directory, and settings that reach them as clients
         should: over the servers' own Unix sockets, and to QuestDB's own process only."""
-        postgres, redis, questdb = (
-            PostgresServer(settings),
-            RedisServer(settings),
-            QuestDBServer(settings),
-        )
+        self.redis_topology = RedisTopology(settings)
+        self.replicated = settings.topology == "replicated"
+        redis = self.redis_topology.primary if self.replicated else RedisServer(settings)
+        postgres, questdb = PostgresServer(settings), QuestDBServer(settings)
         self.servers: tuple[ManagedServer, ...] = (postgres, redis, questdb)
+        redis_config = redis.config.model_copy(update={"sentinels": [], "server_pid_files": {}})
+        if self.replicated:
+            self.servers += self.redis_topology.servers
+            redis_config = self.redis_topology.client_config
         self.settings = settings.model_copy(
-            update={"postgres": postgres.config, "redis": redis.config, "questdb": questdb.config}
+            update={"postgres": postgres.config, "redis": redis_config, "questdb": questdb.config}
         )
 
     def server(self, name: str) -> ManagedServer:
@@ -93,12 +101,45 @@ class LocalStack:
         async with self._locked(on_event):
             self._configure(ensure_credentials(self.settings))
             record_endpoints(self.settings)
-            await self._each(lambda s: s.up(), self.servers, on_event, "starting", "ready")
+            if not self.replicated:
+                await self._each(lambda s: s.up(), self.servers, on_event, "starting", "ready")
+                return
+            await self._up_replicated(on_event)
+
+    async def _up_replicated(self, on_event: ServerCallback) -> None:
+        """The primary first, then the replica, then the sentinels (each node asks them whom to
+        follow, see ``stack.replica``); what this start began is stopped again if it fails."""
+        topology = self.redis_topology
+        stopped = [server for server in topology.servers if server.running_pid() is None]
+        try:
+            await self._each(lambda s: s.up(), self.servers[:3], on_event, "starting", "ready")
+            await self._each(lambda s: s.up(), [topology.replica], on_event, "starting", "ready")
+            await self._each(lambda s: s.up(), topology.sentinels, on_event, "starting", "ready")
+        except BaseException:
+            await asyncio.gather(*(server.down() for server in stopped), return_exceptions=True)
+            raise
 
     async def down(self, on_event: ServerCallback = _ignore) -> None:
-        """Stop the servers this stack started; anything else is left alone."""
+        """Stop the servers this stack started; anything else is left alone.
+
+        The sentinels of a replicated stack stop first (whatever the topology setting now
+        says), so that they do not fail over from a primary that is merely being stopped.
+        """
         async with self._locked(on_event):
-            await self._each(lambda s: s.down(), self.servers, on_event, "stopping", "stopped")
+            sentinels = self.redis_topology.sentinels
+            running = [server for server in sentinels if server.running_pid() is not None]
+            await self._each(lambda s: s.down(), running, on_event, "stopping", "stopped")
+            others = [server for server in self._all_servers() if server not in sentinels]
+            await self._each(lambda s: s.down(), others, on_event, "stopping", "stopped")
+
+    def _all_servers(self) -> tuple[ManagedServer, ...]:
+        """This topology's servers, and a replicated stack's still running under another."""
+        extra = [
+            server
+            for server in self.redis_topology.servers
+            if server not in self.servers and server.running_pid() is not None
+        ]
+        return (*self.servers, *extra)
 
     @asynccontextmanager
     async def _locked(self, on_event: ServerCallback) -> AsyncIterator[None]:
@@ -115,4 +156,6 @@ class LocalStack:
             yield
 
     async def status(self) -> list[ServerStatus]:
-        return list(await asyncio.gather(*(server_status(server) for server in self.servers)))
+        return list(
+            await asyncio.gather(*(server_status(server) for server in self._all_servers()))
+        )

@@ -30,8 +30,9 @@ APP_CHANNELS = ("ui:*",)
 """Pub/sub channels of the terminal UI."""
 APP_COMMANDS = (
     # connection: redis-py and coredis authenticate with HELLO 3 AUTH, may select the db, ping;
-    # the near cache points its connections' tracking at its invalidation link by CLIENT ID
-    "hello auth ping select client|id client|tracking",
+    # the near cache points its connections' tracking at its invalidation link by CLIENT ID;
+    # coredis asks a primary the sentinels named for its ROLE before using it
+    "hello auth ping select client|id client|tracking role",
     # prices and pool states: SET PX, GET, MGET; the near cache reads PTTL
     "get set mget pttl del",
     # transactions (a dead-lettered entry is copied and acked in one MULTI)
@@ -55,7 +56,7 @@ def app_acl(username: str, password: str) -> str:
     return f"user {username} reset on >{password} {keys} {channels} -@all {commands}"
 
 
-def _quoted(value: object) -> str:
+def quoted(value: object) -> str:
     return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
@@ -63,17 +64,27 @@ class RedisServer(SpawnedServer):
     name = NAME
     start_timeout_s = START_TIMEOUT_S
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self, settings: Settings, *, name: str = NAME, directory: str = NAME, port_offset: int = 0
+    ) -> None:
+        self.name = name
         self.stack_dir = settings.data_dir
-        self.root = settings.data_dir / "redis"
+        self.root = settings.data_dir / directory
         self.run_dir = self.root / "run"
-        self.socket = settings.redis.socket_in(self.run_dir)
         self.conf_file = self.root / "redis.conf"
         self.pid_file = self.root / "redis.pid"
         self.log_file = self.root / "redis.log"
         self.config: RedisSettings = settings.redis.model_copy(
-            update={"socket_dir": self.run_dir, "socket_user": current_user()}
+            update={
+                "port": settings.redis.port + port_offset,
+                "socket_dir": self.run_dir,
+                "socket_user": current_user(),
+                # this node itself, over its socket, whichever node the sentinels name primary
+                "sentinels": [],
+                "server_pid_files": {},
+            }
         )
+        self.socket = self.config.socket_in(self.run_dir)
         self.host = self.config.host
 
     @property
@@ -87,17 +98,21 @@ class RedisServer(SpawnedServer):
     def _ports(self) -> list[int]:
         return [self.config.port]
 
+    def _replication_config(self) -> str:
+        """Lines a replicated node adds (how it logs in to its primary); none alone."""
+        return ""
+
     def _config(self) -> tuple[Path, str]:
         return self.conf_file, (
             "# Written by tradestore when it starts the server; it holds passwords (mode 0600).\n"
             f"bind {self.config.host}\n"
             f"port {self.config.port}\n"
-            f"unixsocket {_quoted(self.socket)}\n"
+            f"unixsocket {quoted(self.socket)}\n"
             "unixsocketperm 600\n"
             "protected-mode yes\n"
             "daemonize no\n"
-            f"dir {_quoted(self.root)}\n"
-            f"logfile {_quoted(self.log_file)}\n"
+            f"dir {quoted(self.root)}\n"
+            f"logfile {quoted(self.log_file)}\n"
             'save ""\n'
             "appendonly no\n"
             "maxmemory 2gb\n"
@@ -106,6 +121,7 @@ class RedisServer(SpawnedServer):
             f"user {self.config.admin_username} reset on >{self.config.admin_secret()} "
             "~* &* +@all\n"
             f"{app_acl(self.config.username, self.config.secret())}\n"
+            f"{self._replication_config()}"
         )
 
     async def _command(self) -> list[str]:

@@ -1,0 +1,149 @@
+"""Where the Redis primary is: the one place every client of the cache asks.
+
+Alone, the primary is the address in the settings. With ``redis.sentinels`` set, the sentinels
+name it at each new connection (redis-py's ``Sentinel.master_for``; coredis'
+``Sentinel.primary_for`` for the near cache), so that clients follow a failover: connections to
+a primary that went away fail, the next ones go where the sentinels now point. Credentials go
+to a sentinel, or to the address one names, only once ``RedisSettings.tcp_check`` passed for it:
+the local stack's own process on that port.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import coredis
+import redis.asyncio as aioredis
+from coredis.credentials import AbstractCredentialProvider, UserPass
+from coredis.exceptions import ConnectionError as CoredisConnectionError
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConnection
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from tradestore.errors import TradestoreError
+from tradestore.peers import Check, GuardedCredentials
+from tradestore.settings import RedisSettings
+
+Address = tuple[str, int]
+
+
+class _AddressChecks:
+    """The stack's check of each address a sentinel names, kept per address (it caches)."""
+
+    def __init__(self, config: RedisSettings) -> None:
+        self._config = config
+        self._checks: dict[Address, Check] = {}
+
+    def __call__(self, host: object, port: object) -> str | None:
+        """None when host:port passed, else why not."""
+        address = (str(host), int(str(port)))
+        check = self._checks.get(address)
+        if check is None:
+            check = self._checks[address] = self._config.tcp_check(*address)
+        try:
+            check()
+        except (TradestoreError, OSError) as error:
+            return str(error)
+        return None
+
+
+class CheckedSentinel(Sentinel):
+    """redis-py's Sentinel: each sentinel and each primary it names checked before login."""
+
+    def __init__(self, config: RedisSettings) -> None:
+        super().__init__([])  # type: ignore[no-untyped-call]
+        self.sentinels = [
+            aioredis.Redis(**config.sentinel_arguments(host, port), decode_responses=True)
+            for host, port in config.sentinels
+        ]
+        self._refusal = _AddressChecks(config)
+
+    async def discover_master(self, service_name: str) -> Address:
+        host, port = await super().discover_master(service_name)
+        refused = self._refusal(host, port)
+        if refused is not None:
+            raise RedisConnectionError(refused)
+        return str(host), int(port)
+
+
+class _CheckedUserPass(AbstractCredentialProvider):
+    """coredis' side of the settings' guarded credentials: the server is checked first."""
+
+    def __init__(self, credentials: GuardedCredentials) -> None:
+        self._credentials = credentials
+
+    async def get_credentials(self) -> UserPass:
+        return UserPass(self._credentials.username, self._credentials.secret())
+
+
+def coredis_credentials(credentials: GuardedCredentials) -> AbstractCredentialProvider:
+    """The settings' guarded credentials in coredis' shape."""
+    return _CheckedUserPass(credentials)
+
+
+class CheckedCoredisSentinel(coredis.Sentinel[bytes]):
+    """coredis' Sentinel (the near cache's), checked the same way."""
+
+    def __init__(self, config: RedisSettings, **connection_kwargs: Any) -> None:  # noqa: ANN401
+        super().__init__([], **connection_kwargs)
+        self.sentinels = [
+            coredis.Redis(
+                host,
+                port,
+                credential_provider=coredis_credentials(arguments["credential_provider"]),
+                stream_timeout=arguments["socket_timeout"],
+                connect_timeout=arguments["socket_connect_timeout"],
+                decode_responses=False,
+            )
+            for host, port in config.sentinels
+            for arguments in [config.sentinel_arguments(host, port)]
+        ]
+        self._refusal = _AddressChecks(config)
+
+    async def discover_primary(self, service_name: str) -> tuple[str, int]:
+        host, port = await super().discover_primary(service_name)
+        refused = self._refusal(host, port)
+        if refused is not None:
+            raise CoredisConnectionError(refused)
+        return host, int(port)
+
+
+class _BlockingSentinelPool(SentinelConnectionPool, aioredis.BlockingConnectionPool):
+    """Sentinel-managed connections, waiting for a free one as the single-node pool does."""
+
+
+class ConnectionClasses(NamedTuple):
+    """redis-py connection classes for each way of reaching the primary."""
+
+    tcp: type[aioredis.Connection]
+    unix: type[aioredis.UnixDomainSocketConnection]
+    sentinel: type[SentinelManagedConnection]
+
+
+def primary_pool(
+    config: RedisSettings,
+    classes: ConnectionClasses,
+    **pool_arguments: Any,  # noqa: ANN401
+) -> aioredis.BlockingConnectionPool:
+    """A blocking pool of connections to the current primary, for redis-py.
+
+    ``pool_arguments`` are the pool's own and the connections' (timeouts, retries, decoding);
+    the address and credentials come from the settings, or from the sentinels.
+    """
+    arguments = config.connect_arguments() | pool_arguments
+    if config.sentinels:
+        return _BlockingSentinelPool(  # type: ignore[no-untyped-call]
+            config.service_name,
+            CheckedSentinel(config),
+            connection_class=classes.sentinel,
+            **arguments,
+        )
+    path = arguments.pop("unix_socket_path", None)
+    if path is None:
+        return aioredis.BlockingConnectionPool(connection_class=classes.tcp, **arguments)
+    return aioredis.BlockingConnectionPool(connection_class=classes.unix, path=path, **arguments)
+
+
+async def close_sentinels(pool: aioredis.ConnectionPool) -> None:
+    """Close the clients of the sentinels a pool asks, if it follows them."""
+    if isinstance(pool, SentinelConnectionPool):
+        await pool.sentinel_manager.aclose()
