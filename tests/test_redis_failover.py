@@ -8,6 +8,7 @@ until the replica is linked and the three sentinels agree on the primary.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import signal
@@ -17,15 +18,17 @@ import uuid
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
+from typing import cast
 
 import pytest
 import pytest_asyncio
 
 from tests.cache_support import token
 from tests.conftest import REPO, free_port_base, stack_overrides
-from tests.support import wait_until
+from tests.support import cli_env, tradestore, wait_until
+from tests.test_stack_sockets import squatting
 from tradestore.cache import CacheStore, Message
-from tradestore.errors import StoreUnavailableError
+from tradestore.errors import PortInUseError, StoreUnavailableError, UntrustedServerError
 from tradestore.models.cache import Event
 from tradestore.settings import Settings
 from tradestore.stack import LocalStack
@@ -78,10 +81,8 @@ async def settled(local: LocalStack) -> ReplicatedRedis:
     deadline = time.monotonic() + SETTLE_S
     while time.monotonic() < deadline:
         statuses = {status.name: status for status in await local.status()}
-        roles = {name: statuses[name].role for name in ("redis", "redis-replica")}
-        views = {
-            statuses[sentinel.name].replication for sentinel in local.redis_topology.sentinels
-        }
+        roles = {name: statuses[name].role or "-" for name in ("redis", "redis-replica")}
+        views = {statuses[sentinel.name].replication for sentinel in local.redis_topology.sentinels}
         primary = await primary_node(local)
         replica = next(node for node in local.redis_topology.nodes if node is not primary)
         linked = statuses[replica.name].replication or ""
@@ -90,7 +91,7 @@ async def settled(local: LocalStack) -> ReplicatedRedis:
             and roles[primary.name] == "master"
             and "link up" in linked
             and len(views) == 1
-            and "(master)," in next(iter(views), "")
+            and "(master)," in (next(iter(views)) or "")
         ):
             return primary
         await asyncio.sleep(0.2)
@@ -102,7 +103,14 @@ async def replicated_now(primary: ReplicatedRedis) -> None:
     of our own: replication is one ordered stream, so the earlier writes are in too)."""
     async with primary.client() as admin:
         await admin.set(f"checkpoint:{uuid.uuid4().hex}", "1")
-        assert await admin.execute_command("WAIT", 1, 5_000) == 1
+        assert await admin.execute_command("WAIT", 1, 5_000) == 1  # type: ignore[no-untyped-call]
+
+
+async def entry_ids(node: ReplicatedRedis, stream: str) -> list[str]:
+    """The ids of a stream's entries on one node, read as the admin over its socket."""
+    async with node.client() as admin:
+        entries = cast("list[tuple[bytes, object]]", await admin.xrange(stream))
+    return [entry.decode() for entry, _ in entries]
 
 
 def kill(node: ReplicatedRedis) -> None:
@@ -127,6 +135,18 @@ async def test_the_replicated_stack_reports_roles_and_the_sentinels_view(
     client = replicated.settings.redis
     assert len(client.sentinels) == 3
     assert client.connect_arguments().get("port") is None
+    # The command line knows the topology from the data directory, without the flag.
+    shown = tradestore("stack", "status", "--json", env=cli_env(replicated.settings))
+    assert shown.returncode == 0, shown.stderr
+    roles = {entry["name"]: entry["role"] for entry in json.loads(shown.stdout)}
+    assert roles == {
+        "postgresql": None,
+        "questdb": None,
+        primary.name: "master",
+        next(node.name for node in replicated.redis_topology.nodes if node is not primary): (
+            "replica"
+        ),
+    } | {sentinel.name: "sentinel" for sentinel in replicated.redis_topology.sentinels}
 
 
 async def test_killing_the_primary_under_load_fails_over_and_loses_only_unreplicated_writes(
@@ -158,32 +178,29 @@ async def test_killing_the_primary_under_load_fails_over_and_loses_only_unreplic
             assert await cache.near.get_price(cached_mint) == Decimal("1.5")
         assert cache.near.peek_price(cached_mint) == Decimal("1.5")
 
-        async def load() -> None:
-            nonlocal unavailable
-            step = 0
-            while not stop.is_set():
-                step += 1
-                try:
-                    await cache.prices.set_price(written_mint, Decimal(step))
-                    entry = await stream.publish(Event(event_type="tick", data={"step": step}))
-                    acknowledged.append((time.monotonic(), entry))
-                except StoreUnavailableError:
-                    unavailable += 1
-                    await asyncio.sleep(0.02)
-                await asyncio.sleep(0.002)
-
         async def listen() -> None:
             async for message in cache.subscribe(channel):
                 received.append((time.monotonic(), message))
 
         async with cache.publisher() as publisher:
 
-            async def offer() -> None:
+            async def load() -> None:
+                """Prices, stream entries and UI messages, each step; failures typed or fatal."""
+                nonlocal unavailable
+                step = 0
                 while not stop.is_set():
-                    publisher.offer(channel, str(time.monotonic()))
-                    await asyncio.sleep(0.01)
+                    step += 1
+                    publisher.offer(channel, str(step))
+                    try:
+                        await cache.prices.set_price(written_mint, Decimal(step))
+                        entry = await stream.publish(Event(event_type="tick", data={"step": step}))
+                        acknowledged.append((time.monotonic(), entry))
+                    except StoreUnavailableError:
+                        unavailable += 1
+                        await asyncio.sleep(0.02)
+                    await asyncio.sleep(0.002)
 
-            tasks = [asyncio.create_task(job()) for job in (load, listen, offer)]
+            tasks = [asyncio.create_task(job()) for job in (load, listen)]
             try:
                 await asyncio.sleep(0.5)
                 await replicated_now(primary)
@@ -208,19 +225,18 @@ async def test_killing_the_primary_under_load_fails_over_and_loses_only_unreplic
                 tasks[1].cancel()
                 outcomes = await asyncio.gather(*tasks, return_exceptions=True)
 
-        assert outcomes[0] is None and outcomes[2] is None, outcomes
+        assert outcomes[0] is None, outcomes
+        assert isinstance(outcomes[1], asyncio.CancelledError), outcomes
         assert resumed, "writes never resumed after the primary was killed"
         assert heard, "the pub/sub subscriber never heard from the new primary"
         new_primary = await primary_node(replicated)
         assert new_primary is not primary
 
         before_kill = [entry for at, entry in acknowledged if at < killed_at]
+        kept = set(await entry_ids(new_primary, stream_name))
         async with new_primary.client() as admin:
-            kept = {entry.decode() for entry, _ in await admin.xrange(stream_name)}
-            still_pending = {
-                entry["message_id"].decode()
-                for entry in await admin.xpending_range(stream_name, "workers", "-", "+", 100)
-            }
+            replies = await admin.xpending_range(stream_name, "workers", "-", "+", 100)
+            still_pending = {cast("bytes", entry["message_id"]).decode() for entry in replies}
         lost = [entry for entry in before_kill if entry not in kept]
         print(
             f"\nfailover: writes resumed {resumed_s:.2f} s after kill -9 of the primary; "
@@ -231,11 +247,62 @@ async def test_killing_the_primary_under_load_fails_over_and_loses_only_unreplic
         assert set(pending) <= still_pending, "pending entries did not survive the failover"
 
         # The near cache dropped what it held from the old primary and follows the new one.
-        assert cache.near.linked
+        assert cache.near.peek_price(cached_mint) is None
+        assert await wait_until(lambda: cache.near.linked, timeout_s=SETTLE_S, interval_s=0.05)
         assert cache.near.peek_price(cached_mint) is None
         await cache.prices.set_price(cached_mint, Decimal("2.5"))
         await cache.near.sync()
         assert await cache.near.get_price(cached_mint) == Decimal("2.5")
+
+
+async def test_the_near_cache_leaves_a_hung_primary_once_the_sentinels_move_on(
+    replicated: LocalStack,
+) -> None:
+    """A stopped primary keeps its sockets open: the link alone would stay silent, trusted, for
+    2 * near_cache_max_idle_s + 1 s while writes already go to the promoted replica. Then the
+    hung node is killed, and the next ``up`` brings it back as a replica."""
+    primary = await settled(replicated)
+    settings = replicated.settings.with_changes(redis={"price_ttl_ms": 600_000})
+    silence_s = 2 * settings.redis.near_cache_max_idle_s + 1
+    mint = token()
+    async with CacheStore.open(settings, near_cache=True) as cache:
+        await cache.prices.set_price(mint, Decimal("1.5"))
+        for _ in range(2):
+            assert await cache.near.get_price(mint) == Decimal("1.5")
+        assert cache.near.peek_price(mint) == Decimal("1.5")
+        pid = primary.running_pid()
+        assert pid is not None
+        os.kill(pid, signal.SIGSTOP)
+        stopped = time.monotonic()
+        try:
+            while await primary_node(replicated) is primary:
+                assert time.monotonic() - stopped < SETTLE_S, "the sentinels never failed over"
+                await asyncio.sleep(0.05)
+            moved_s = time.monotonic() - stopped
+            left = await wait_until(
+                lambda: cache.near.peek_price(mint) is None, timeout_s=silence_s, interval_s=0.02
+            )
+            left_s = time.monotonic() - stopped
+        finally:
+            # Not SIGCONT: a stale primary back for a moment is another test (see the docs).
+            os.kill(pid, signal.SIGKILL)
+        print(
+            f"\nhung primary: sentinels moved on after {moved_s:.2f} s, the near cache stopped "
+            f"serving after {left_s:.2f} s (its link check alone: {silence_s:.0f} s)"
+        )
+        assert left
+        assert left_s < silence_s
+        deadline = time.monotonic() + SETTLE_S
+        while True:
+            try:
+                await cache.prices.set_price(mint, Decimal("2.5"))
+                break
+            except StoreUnavailableError:
+                assert time.monotonic() < deadline, "writes never reached the new primary"
+                await asyncio.sleep(0.1)
+        assert await wait_until(lambda: cache.near.linked, timeout_s=SETTLE_S, interval_s=0.05)
+        await cache.near.sync()
+        assert await cache.near.get_price(mint) == Decimal("2.5")
 
 
 async def test_a_killed_primary_restarted_by_up_comes_back_as_a_replica_and_wipes_nothing(
@@ -258,8 +325,7 @@ async def test_a_killed_primary_restarted_by_up_comes_back_as_a_replica_and_wipe
     print(f"\nrestart policy: up brought the killed primary back as a replica in {took_s:.2f} s")
     assert new_primary is not primary
     assert (await primary.info())["role"] == "slave"
-    async with new_primary.client() as admin:
-        assert [entry.decode() for entry, _ in await admin.xrange(stream_name)] == entries
+    assert await entry_ids(new_primary, stream_name) == entries
 
     async def copied() -> bool:
         async with primary.client() as restarted:
@@ -271,3 +337,37 @@ async def test_a_killed_primary_restarted_by_up_comes_back_as_a_replica_and_wipe
         await asyncio.sleep(0.1)
     async with new_primary.client() as admin:
         assert int(await admin.xlen(stream_name)) == len(entries)
+
+
+async def test_a_start_that_fails_half_way_stops_what_it_started(
+    replicated: LocalStack, tmp_path: Path
+) -> None:
+    await settled(replicated)
+    topology = replicated.redis_topology
+    for server in topology.servers:
+        await server.down()
+    blocked = topology.sentinels[-1]
+    with squatting(tmp_path / "record", tcp=[blocked.port]), pytest.raises(PortInUseError):
+        await replicated.up()
+    assert [server.name for server in topology.servers if server.running_pid()] == []
+    assert topology.primary.running_pid() is not None  # it ran before: left running
+
+
+async def test_a_squatter_on_a_sentinel_port_receives_no_credentials(
+    replicated: LocalStack, tmp_path: Path
+) -> None:
+    await settled(replicated)
+    sentinel = replicated.redis_topology.sentinels[0]
+    await sentinel.down()
+    client = replicated.settings.with_changes(redis={"sentinels": [(sentinel.host, sentinel.port)]})
+    with squatting(tmp_path / "record", tcp=[sentinel.port]) as squatter:
+        with pytest.raises(UntrustedServerError, match="local stack's"):
+            async with CacheStore.open(client):
+                pass
+        # The near cache asks the sentinels through coredis: checked the same way.
+        with pytest.raises(StoreUnavailableError, match="local stack's"):
+            async with CacheStore.open(client, lazy=True, near_cache=True):
+                pass
+        received = squatter.received() if squatter.record.exists() else b""
+    for secret in (client.redis.secret(), client.redis.admin_secret()):
+        assert secret.encode() not in received

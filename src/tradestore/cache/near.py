@@ -44,6 +44,9 @@ from tradestore.settings import RedisSettings
 _KEEPALIVE_WAKE_S = 1.0
 """coredis' keepalive sleeps at least this long between checks."""
 
+PRIMARY_CHECK_S = 0.5
+"""How often a near cache that follows sentinels asks them where the primary is."""
+
 _Entry = tuple[Decimal, float]
 """A price and the monotonic instant it stops being servable."""
 
@@ -144,6 +147,22 @@ class _TrackingLink(NodeTrackingCache[Any]):
                         self._cache.invalidate(*keys)
             await anyio.sleep(0.01)
 
+    def leave(self, primary: tuple[str, int]) -> bool:
+        """Drop every connection if the link listens to another node than ``primary``.
+
+        The data connections go too: the old node may come back still a primary for a while,
+        with what it held. coredis then links again through the sentinels, to the new
+        primary, and empties the cache; until then the link is down and nothing is served.
+        """
+        connection = self._connection
+        if connection is None or not connection.usable:
+            return False
+        location = getattr(connection, "location", None)
+        if location is None or (location.host, location.port) == primary:
+            return False
+        self._connection_pool.disconnect()
+        return True
+
     async def barrier(self) -> None:
         """Return once every invalidation Redis sent before now has been applied.
 
@@ -183,6 +202,7 @@ class NearCache(Lifecycle):
             "connect_timeout": arguments["socket_connect_timeout"],
             "max_connections": config.near_cache_connections,
         }
+        self._service_name = config.service_name
         if config.sentinels:
             # The primary the sentinels name; after a failover coredis re-links the tracking
             # connection there and flushes this cache (NodeTrackingCache.run).
@@ -217,6 +237,27 @@ class NearCache(Lifecycle):
             raise ConfigError(f"redis: near cache: refused: {error}") from error
         except (CoredisError, OSError) as error:
             raise StoreUnavailableError(f"redis: near cache: {error}") from error
+        if self._sentinel is not None:
+            follower = asyncio.create_task(
+                self._follow_primary(self._sentinel), name="tradestore-near-cache-primary"
+            )
+            self._exit.callback(follower.cancel)
+
+    async def _follow_primary(self, sentinel: CheckedCoredisSentinel) -> None:
+        """Ask the sentinels where the primary is, and leave one that is no longer it.
+
+        A primary that dies closes the link at once; one that hangs (stopped, cut off) keeps it
+        open and silent for up to ``2 * near_cache_max_idle_s + 1`` s, while the sentinels
+        promote its replica after ``down-after`` and new writes go there.
+        """
+        while True:
+            await asyncio.sleep(PRIMARY_CHECK_S)
+            try:
+                primary = await sentinel.discover_primary(self._service_name)
+            except (CoredisError, OSError):
+                continue  # no sentinel answers: the link's own checks still apply
+            if self._link.leave(primary):
+                self._entries.reset()
 
     async def close(self) -> None:
         for fetch in list(self._fetches.values()):

@@ -16,10 +16,16 @@ import coredis
 import redis.asyncio as aioredis
 from coredis.credentials import AbstractCredentialProvider, UserPass
 from coredis.exceptions import ConnectionError as CoredisConnectionError
-from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConnection
+from coredis.exceptions import PrimaryNotFoundError
+from redis.asyncio.sentinel import (
+    MasterNotFoundError,
+    Sentinel,
+    SentinelConnectionPool,
+    SentinelManagedConnection,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from tradestore.errors import TradestoreError
+from tradestore.errors import TradestoreError, UntrustedServerError
 from tradestore.peers import Check, GuardedCredentials
 from tradestore.settings import RedisSettings
 
@@ -27,13 +33,13 @@ Address = tuple[str, int]
 
 
 class _AddressChecks:
-    """The stack's check of each address a sentinel names, kept per address (it caches)."""
+    """The stack's check of each address, kept per address (it caches what it saw)."""
 
     def __init__(self, config: RedisSettings) -> None:
         self._config = config
         self._checks: dict[Address, Check] = {}
 
-    def __call__(self, host: object, port: object) -> str | None:
+    def refusal(self, host: object, port: object) -> TradestoreError | OSError | None:
         """None when host:port passed, else why not."""
         address = (str(host), int(str(port)))
         check = self._checks.get(address)
@@ -42,7 +48,16 @@ class _AddressChecks:
         try:
             check()
         except (TradestoreError, OSError) as error:
-            return str(error)
+            return error
+        return None
+
+    def untrusted_sentinel(self) -> UntrustedServerError | None:
+        """Why no sentinel answered, when one was refused its credentials: the drivers only
+        say that none answered."""
+        for host, port in self._config.sentinels:
+            refusal = self.refusal(host, port)
+            if isinstance(refusal, UntrustedServerError):
+                return refusal
         return None
 
 
@@ -55,13 +70,19 @@ class CheckedSentinel(Sentinel):
             aioredis.Redis(**config.sentinel_arguments(host, port), decode_responses=True)
             for host, port in config.sentinels
         ]
-        self._refusal = _AddressChecks(config)
+        self._checks = _AddressChecks(config)
 
     async def discover_master(self, service_name: str) -> Address:
-        host, port = await super().discover_master(service_name)
-        refused = self._refusal(host, port)
-        if refused is not None:
-            raise RedisConnectionError(refused)
+        try:
+            host, port = await super().discover_master(service_name)
+        except MasterNotFoundError:
+            untrusted = self._checks.untrusted_sentinel()
+            if untrusted is None:
+                raise
+            raise MasterNotFoundError(str(untrusted)) from untrusted
+        refusal = self._checks.refusal(host, port)
+        if refusal is not None:
+            raise RedisConnectionError(str(refusal)) from refusal
         return str(host), int(port)
 
 
@@ -97,13 +118,19 @@ class CheckedCoredisSentinel(coredis.Sentinel[bytes]):
             for host, port in config.sentinels
             for arguments in [config.sentinel_arguments(host, port)]
         ]
-        self._refusal = _AddressChecks(config)
+        self._checks = _AddressChecks(config)
 
     async def discover_primary(self, service_name: str) -> tuple[str, int]:
-        host, port = await super().discover_primary(service_name)
-        refused = self._refusal(host, port)
-        if refused is not None:
-            raise CoredisConnectionError(refused)
+        try:
+            host, port = await super().discover_primary(service_name)
+        except PrimaryNotFoundError:
+            untrusted = self._checks.untrusted_sentinel()
+            if untrusted is None:
+                raise
+            raise PrimaryNotFoundError(str(untrusted)) from untrusted
+        refusal = self._checks.refusal(host, port)
+        if refusal is not None:
+            raise CoredisConnectionError(str(refusal)) from refusal
         return host, int(port)
 
 

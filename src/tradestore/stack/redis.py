@@ -10,6 +10,7 @@ down is never sent a password. TCP on loopback stays for what is explicitly poin
 from __future__ import annotations
 
 import shutil
+from abc import abstractmethod
 from pathlib import Path
 
 import redis.asyncio as aioredis
@@ -60,7 +61,34 @@ def quoted(value: object) -> str:
     return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-class RedisServer(SpawnedServer):
+def redis_server(name: str) -> str:
+    """The redis-server binary (a sentinel is one too, run with ``--sentinel``)."""
+    server = shutil.which("redis-server")
+    if server is None:
+        raise PrerequisiteError(
+            name, "redis-server not found: install Debian's redis-server (./run setup)"
+        )
+    return server
+
+
+class RedisProcess(SpawnedServer):
+    """A redis-server of this stack, data node or sentinel."""
+
+    def _owns(self, pid: int) -> bool:
+        # redis-server changes into its `dir`, which is this stack's own directory.
+        return process_cwd(pid) == self.root.resolve()
+
+    @abstractmethod
+    def client(self, *, admin: bool = True) -> aioredis.Redis:
+        """A short-lived client for the stack's checks, as the admin user unless told."""
+
+    async def measure(self) -> tuple[str, float]:
+        async with self.client() as client:
+            info = await client.info("server")
+            return str(info["redis_version"]), await median_round_trip_ms(client.ping)
+
+
+class RedisServer(RedisProcess):
     name = NAME
     start_timeout_s = START_TIMEOUT_S
 
@@ -90,10 +118,6 @@ class RedisServer(SpawnedServer):
     @property
     def address(self) -> str:
         return f"{self.socket}, {self.config.host}:{self.config.port}"
-
-    def _owns(self, pid: int) -> bool:
-        # redis-server changes into its `dir`, which is this stack's own directory.
-        return process_cwd(pid) == self.root.resolve()
 
     def _ports(self) -> list[int]:
         return [self.config.port]
@@ -125,16 +149,10 @@ class RedisServer(SpawnedServer):
         )
 
     async def _command(self) -> list[str]:
-        require_short_socket_path(NAME, self.socket, self.log_file)
-        server = shutil.which("redis-server")
-        if server is None:
-            raise PrerequisiteError(
-                NAME, "redis-server not found: install Debian's redis-server (./run setup)"
-            )
-        return [server, str(self.conf_file)]
+        require_short_socket_path(self.name, self.socket, self.log_file)
+        return [redis_server(self.name), str(self.conf_file)]
 
     def client(self, *, admin: bool = True) -> aioredis.Redis:
-        """A short-lived client for the stack's checks, as the admin user unless told."""
         return aioredis.Redis(**self.config.connect_arguments(admin=admin))
 
     async def _version(self) -> str:
@@ -143,8 +161,3 @@ class RedisServer(SpawnedServer):
         async with self.client() as client:
             info = await client.info("server")
             return str(info["redis_version"])
-
-    async def measure(self) -> tuple[str, float]:
-        async with self.client() as client:
-            info = await client.info("server")
-            return str(info["redis_version"]), await median_round_trip_ms(client.ping)

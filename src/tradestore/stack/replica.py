@@ -4,8 +4,10 @@ Persistence is off by design, so a data node that restarts comes back empty; sta
 primary it would make its replica drop what it holds and copy the empty set (Redis'
 replication documentation warns about exactly this). The restart policy here: a node that
 starts while the other node runs starts as a REPLICA of the primary the sentinels name,
-waiting for them to fail over first if they still name the node being started. Only a node
-that starts while no other node runs (there is nothing to lose) may start as the primary.
+waiting for them to fail over first if they still name the node being started; with no
+sentinel to ask, of the running node, promoted first if it is a replica of a primary that is
+gone (it holds the only copy). Only a node that starts while no other node runs (there is
+nothing to lose) may start as the primary.
 """
 
 from __future__ import annotations
@@ -70,6 +72,11 @@ class ReplicatedRedis(RedisServer):
         if primary is None:
             return command
         return [*command, "--replicaof", primary[0], str(primary[1])]
+
+    async def promote(self) -> None:
+        """Make this node a primary, keeping its data (REPLICAOF NO ONE)."""
+        async with self.client() as client:
+            await client.replicaof("NO", "ONE")
 
     async def info(self) -> dict[str, Any]:
         async with self.client() as client:
@@ -166,5 +173,11 @@ class RedisTopology:
             if named != own:
                 return named
             await asyncio.sleep(POLL_S)  # the sentinels have yet to fail over from it
+        found = await self._role_primary()
+        if found is not None:
+            return found
+        # The running node is a replica of a primary that is gone, and no sentinel promotes
+        # it: it holds the only copy, so it becomes the primary.
         other = others[0]
-        return await self._role_primary() or (other.config.host, other.config.port)
+        await other.promote()
+        return other.config.host, other.config.port

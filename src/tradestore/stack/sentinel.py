@@ -10,19 +10,14 @@ only ask where the primary is and hear that it moved.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, cast
 
 import redis.asyncio as aioredis
 
-from tradestore.errors import PrerequisiteError
 from tradestore.settings import RedisSettings
-from tradestore.stack.base import median_round_trip_ms
-from tradestore.stack.process import process_cwd
-from tradestore.stack.redis import quoted
-from tradestore.stack.spawn import SpawnedServer
+from tradestore.stack.redis import RedisProcess, quoted, redis_server
 
 Address = tuple[str, int]
 
@@ -47,7 +42,7 @@ def sentinel_port(config: RedisSettings, index: int) -> int:
     return config.port + FIRST_PORT_OFFSET + index
 
 
-class SentinelServer(SpawnedServer):
+class SentinelServer(RedisProcess):
     """One ``redis-server <conf> --sentinel`` watching the stack's primary."""
 
     start_timeout_s = 20.0
@@ -74,9 +69,6 @@ class SentinelServer(SpawnedServer):
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
-
-    def _owns(self, pid: int) -> bool:
-        return process_cwd(pid) == self.root.resolve()
 
     def _ports(self) -> list[int]:
         return [self.port]
@@ -116,16 +108,11 @@ class SentinelServer(SpawnedServer):
         return self.root / "sentinel.conf.tradestore", self._text("(the current primary)")
 
     async def _command(self) -> list[str]:
-        server = shutil.which("redis-server")
-        if server is None:
-            raise PrerequisiteError(
-                self.name, "redis-server not found: install Debian's redis-server (./run setup)"
-            )
+        server = redis_server(self.name)
         self._primary = await self._find_primary()
         return [server, str(self.conf_file), "--sentinel"]
 
     def client(self, *, admin: bool = True) -> aioredis.Redis:
-        """A short-lived client of this sentinel, as the admin user unless told."""
         return aioredis.Redis(
             **self.config.sentinel_arguments(self.host, self.port, admin=admin),
             decode_responses=True,
@@ -146,11 +133,6 @@ class SentinelServer(SpawnedServer):
         async with self.client() as client:
             info = await client.info("server")
             return str(info["redis_version"])
-
-    async def measure(self) -> tuple[str, float]:
-        async with self.client() as client:
-            info = await client.info("server")
-            return str(info["redis_version"]), await median_round_trip_ms(client.ping)
 
     async def replication(self) -> tuple[str, str]:
         """Its view of the primary: where, and whether it holds it down."""
