@@ -25,22 +25,26 @@ from typing import Any
 
 import anyio
 import anyio.lowlevel
-import coredis
 from coredis.commands.constants import CommandName
 from coredis.exceptions import AuthenticationError as CoredisAuthenticationError
 from coredis.exceptions import AuthorizationError as CoredisAuthorizationError
+from coredis.exceptions import ConnectionError as CoredisConnectionError
 from coredis.exceptions import RedisError as CoredisError
+from coredis.exceptions import SentinelError
 from coredis.patterns.cache import AbstractCache, CacheStats, NodeTrackingCache
+from coredis.retry import ExponentialBackoffRetryPolicy
 from coredis.typing import RedisValueT, ResponseType
 
 from tradestore.cache.keys import address, decode_price, price_key
-from tradestore.cache.topology import CheckedCoredisSentinel, coredis_credentials
+from tradestore.cache.topology import CheckedCoredisSentinel, coredis_primary
 from tradestore.errors import ConfigError, StoreUnavailableError
 from tradestore.lifecycle import Lifecycle
 from tradestore.observability.counters import count
 from tradestore.observability.latency import timed, timed_lookup
 from tradestore.settings import RedisSettings
 
+_RELINK_MIN_S = 0.1
+_RELINK_MAX_S = 1.0
 _KEEPALIVE_WAKE_S = 1.0
 """coredis' keepalive sleeps at least this long between checks."""
 
@@ -119,6 +123,20 @@ class _Entries(AbstractCache):
 class _TrackingLink(NodeTrackingCache[Any]):
     """coredis' tracking connection, also honouring flush-all invalidations (a null key list)."""
 
+    def __init__(self, pool: Any, cache: AbstractCache, max_idle_s: float) -> None:  # noqa: ANN401
+        super().__init__(pool, cache, max_idle_s)
+        # coredis links again on ConnectionError only, up to 16 s apart: a keepalive PING that
+        # times out (a hung server), or a sentinel naming a replica not yet promoted, would end
+        # the near cache, and after a failover it would stay unlinked (so unused) for seconds
+        # more than the failover took.
+        self._retry_policy = ExponentialBackoffRetryPolicy(
+            (CoredisConnectionError, TimeoutError, SentinelError),
+            retries=None,
+            base_delay=_RELINK_MIN_S,
+            max_delay=_RELINK_MAX_S,
+            jitter=True,
+        )
+
     @property
     def healthy(self) -> bool:
         """Up, and heard from since its keepalive last had to PING it, with one period of slack.
@@ -193,36 +211,12 @@ class NearCache(Lifecycle):
     def __init__(self, config: RedisSettings) -> None:
         self._entries = _Entries(config.near_cache_max_keys)
         self._exit = AsyncExitStack()
-        self._sentinel: CheckedCoredisSentinel | None = None
-        arguments = config.connect_arguments()
-        common: dict[str, Any] = {
-            "db": arguments["db"],
-            "credential_provider": coredis_credentials(arguments["credential_provider"]),
-            "stream_timeout": arguments["socket_timeout"],  # coredis' names for redis-py's
-            "connect_timeout": arguments["socket_connect_timeout"],
-            "max_connections": config.near_cache_connections,
-        }
         self._service_name = config.service_name
-        if config.sentinels:
-            # The primary the sentinels name; after a failover coredis re-links the tracking
-            # connection there and flushes this cache (NodeTrackingCache.run).
-            self._sentinel = CheckedCoredisSentinel(config, cache=self._entries)
-            self._client: coredis.Redis[bytes] = self._sentinel.primary_for(
-                config.service_name, **common
-            )
-        else:
-            path = arguments.get("unix_socket_path")
-            address = (
-                {"unix_socket_path": path}
-                if path is not None
-                else {"host": arguments["host"], "port": arguments["port"]}
-            )
-            self._client = coredis.Redis(
-                **address,
-                **common,
-                decode_responses=False,  # decode_price refuses bytes that are not UTF-8
-                cache=self._entries,
-            )
+        # With sentinels: the primary they name; after a failover coredis re-links the
+        # tracking connection there and flushes this cache (NodeTrackingCache.run).
+        self._client, self._sentinel = coredis_primary(
+            config, max_connections=config.near_cache_connections, cache=self._entries
+        )
         pool = self._client.connection_pool
         self._link = _TrackingLink(pool, self._entries, config.near_cache_max_idle_s)
         pool.cache = self._link

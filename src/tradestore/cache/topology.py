@@ -6,6 +6,9 @@ name it at each new connection (redis-py's ``Sentinel.master_for``; coredis'
 a primary that went away fail, the next ones go where the sentinels now point. Credentials go
 to a sentinel, or to the address one names, only once ``RedisSettings.tcp_check`` passed for it:
 the local stack's own process on that port.
+
+Any client of the primary takes its connections from here: ``primary_pool`` for redis-py
+(the cache store's pooled client), ``coredis_primary`` for coredis (the near cache).
 """
 
 from __future__ import annotations
@@ -14,9 +17,12 @@ from typing import Any, NamedTuple
 
 import coredis
 import redis.asyncio as aioredis
+from coredis.connection import SentinelManagedConnection as SentinelManagedCoredisConnection
 from coredis.credentials import AbstractCredentialProvider, UserPass
 from coredis.exceptions import ConnectionError as CoredisConnectionError
 from coredis.exceptions import PrimaryNotFoundError
+from coredis.patterns.cache import AbstractCache
+from coredis.pool import SentinelConnectionPool as CoredisSentinelPool
 from redis.asyncio.sentinel import (
     MasterNotFoundError,
     Sentinel,
@@ -132,6 +138,54 @@ class CheckedCoredisSentinel(coredis.Sentinel[bytes]):
         if refusal is not None:
             raise CoredisConnectionError(str(refusal)) from refusal
         return host, int(port)
+
+
+class _CoredisSentinelPool(CoredisSentinelPool):
+    """coredis 6.9's pool takes a slot before asking the sentinels for the primary, and keeps
+    it when asking fails (during a failover): four failures and it never connects again."""
+
+    async def _construct_connection(self) -> SentinelManagedCoredisConnection:
+        try:
+            return await super()._construct_connection()
+        except BaseException:
+            self._available_connections.append_nowait(None)
+            raise
+
+
+class CoredisPrimary(NamedTuple):
+    client: coredis.Redis[bytes]
+    sentinel: CheckedCoredisSentinel | None
+    """To enter before the client, and leave after it; None without sentinels."""
+
+
+def coredis_primary(
+    config: RedisSettings, *, max_connections: int, cache: AbstractCache | None = None
+) -> CoredisPrimary:
+    """A coredis client (bytes) of the current primary: over the settings' socket or address,
+    or wherever the sentinels name it at each new connection."""
+    arguments = config.connect_arguments()
+    common: dict[str, Any] = {
+        "db": arguments["db"],
+        "credential_provider": coredis_credentials(arguments["credential_provider"]),
+        "stream_timeout": arguments["socket_timeout"],  # coredis' names for redis-py's
+        "connect_timeout": arguments["socket_connect_timeout"],
+        "max_connections": max_connections,
+    }
+    if config.sentinels:
+        sentinel = CheckedCoredisSentinel(config, cache=cache)
+        client = sentinel.primary_for(
+            config.service_name, connection_pool_class=_CoredisSentinelPool, **common
+        )
+        return CoredisPrimary(client, sentinel)
+    path = arguments.get("unix_socket_path")
+    address = (
+        {"unix_socket_path": path}
+        if path is not None
+        else {"host": arguments["host"], "port": arguments["port"]}
+    )
+    return CoredisPrimary(
+        coredis.Redis(**address, **common, decode_responses=False, cache=cache), None
+    )
 
 
 class _BlockingSentinelPool(SentinelConnectionPool, aioredis.BlockingConnectionPool):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from tradestore.stack.redis import RedisServer
 from tradestore.stack.sentinel import (
     DOWN_AFTER_MS,
     FAILOVER_TIMEOUT_MS,
+    QUORUM,
     SENTINELS,
     Address,
     SentinelServer,
@@ -127,16 +129,23 @@ class RedisTopology:
     def servers(self) -> tuple[ManagedServer, ...]:
         return (self.replica, *self.sentinels)
 
+    def sentinels_running(self) -> list[SentinelServer]:
+        return [sentinel for sentinel in self.sentinels if sentinel.running_pid() is not None]
+
     async def named_primary(self) -> Address | None:
-        """The primary as the first running sentinel that answers names it."""
-        for sentinel in self.sentinels:
-            if sentinel.running_pid() is None:
-                continue
+        """The primary a quorum of the sentinels names; None while they disagree (one that
+        did not take part in a failover learns of it a moment later) or do not run."""
+        named: Counter[Address] = Counter()
+        for sentinel in self.sentinels_running():
             try:
-                return await sentinel.named_primary()
+                answer = await sentinel.named_primary()
             except _NOT_ANSWERING as error:
-                logger.debug("%s did not answer (%s): asking the next", sentinel.name, error)
-        return None
+                logger.debug("%s did not answer (%s)", sentinel.name, error)
+                continue
+            if answer is not None:
+                named[answer] += 1
+        agreed = [address for address, votes in named.items() if votes >= QUORUM]
+        return agreed[0] if agreed else None
 
     async def _role_primary(self) -> Address | None:
         """A running data node that says it is a primary."""
@@ -166,11 +175,9 @@ class RedisTopology:
         if not others:
             return None  # no copy of the data runs: nothing to wipe
         deadline = time.monotonic() + FAILOVER_WAIT_S
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and self.sentinels_running():
             named = await self.named_primary()
-            if named is None:
-                break  # no sentinel runs (the stack's first start): follow a running node
-            if named != own:
+            if named is not None and named != own:
                 return named
             await asyncio.sleep(POLL_S)  # the sentinels have yet to fail over from it
         found = await self._role_primary()
