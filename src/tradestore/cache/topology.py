@@ -13,6 +13,7 @@ Any client of the primary takes its connections from here: ``primary_pool`` for 
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import Any, NamedTuple
 
 import coredis
@@ -57,6 +58,26 @@ class _AddressChecks:
             return error
         return None
 
+    async def checked_primary(
+        self,
+        discovery: Awaitable[tuple[Any, Any]],
+        not_found: type[Exception],
+        refused: type[Exception],
+    ) -> Address:
+        """The address a driver's sentinel client found, raised as that driver's errors (so
+        that it retries or gives up as usual) when it fails the check or a sentinel did."""
+        try:
+            host, port = await discovery
+        except not_found:
+            untrusted = self.untrusted_sentinel()
+            if untrusted is None:
+                raise
+            raise not_found(str(untrusted)) from untrusted
+        refusal = self.refusal(host, port)
+        if refusal is not None:
+            raise refused(str(refusal)) from refusal
+        return str(host), int(port)
+
     def untrusted_sentinel(self) -> UntrustedServerError | None:
         """Why no sentinel answered, when one was refused its credentials: the drivers only
         say that none answered."""
@@ -79,17 +100,9 @@ class CheckedSentinel(Sentinel):
         self._checks = _AddressChecks(config)
 
     async def discover_master(self, service_name: str) -> Address:
-        try:
-            host, port = await super().discover_master(service_name)
-        except MasterNotFoundError:
-            untrusted = self._checks.untrusted_sentinel()
-            if untrusted is None:
-                raise
-            raise MasterNotFoundError(str(untrusted)) from untrusted
-        refusal = self._checks.refusal(host, port)
-        if refusal is not None:
-            raise RedisConnectionError(str(refusal)) from refusal
-        return str(host), int(port)
+        return await self._checks.checked_primary(
+            super().discover_master(service_name), MasterNotFoundError, RedisConnectionError
+        )
 
 
 class _CheckedUserPass(AbstractCredentialProvider):
@@ -127,17 +140,9 @@ class CheckedCoredisSentinel(coredis.Sentinel[bytes]):
         self._checks = _AddressChecks(config)
 
     async def discover_primary(self, service_name: str) -> tuple[str, int]:
-        try:
-            host, port = await super().discover_primary(service_name)
-        except PrimaryNotFoundError:
-            untrusted = self._checks.untrusted_sentinel()
-            if untrusted is None:
-                raise
-            raise PrimaryNotFoundError(str(untrusted)) from untrusted
-        refusal = self._checks.refusal(host, port)
-        if refusal is not None:
-            raise CoredisConnectionError(str(refusal)) from refusal
-        return host, int(port)
+        return await self._checks.checked_primary(
+            super().discover_primary(service_name), PrimaryNotFoundError, CoredisConnectionError
+        )
 
 
 class _CoredisSentinelPool(CoredisSentinelPool):
