@@ -139,7 +139,7 @@ def test_an_unreadable_credentials_file_is_a_config_error(tmp_path: Path) -> Non
         Settings(data_dir=tmp_path)
 
 
-def _changed_value(name: str, field: FieldInfo) -> tuple[str, object]:  # noqa: PLR0911
+def _changed_value(name: str, field: FieldInfo) -> tuple[str, object]:  # noqa: PLR0911, PLR0912
     """An environment value for one field that differs from its default, and what it parses to."""
     default = field.get_default(call_default_factory=True)
     annotation = field.annotation
@@ -163,9 +163,13 @@ def _changed_value(name: str, field: FieldInfo) -> tuple[str, object]:  # noqa: 
         return default + "x", default + "x"
     if isinstance(default, timedelta):  # seconds, as the environment gives them
         return str(default.total_seconds() * 2), default * 2
+    if name == "server_pid_files":
+        return json.dumps({"26380": "/run/redis.pid"}), {26380: Path("/run/redis.pid")}
     if isinstance(default, dict):
         value = {"stream:elsewhere": ["g"]}
         return json.dumps(value), value
+    if isinstance(default, list):
+        return json.dumps([["127.0.0.1", 26381]]), [("127.0.0.1", 26381)]
     if annotation == Path | None:
         return "/opt/jdk", Path("/opt/jdk")
     if annotation == int | None:

@@ -52,6 +52,13 @@ def trust_any_listener() -> None:
     """No check: nothing says which process should answer (a remote server over TCP)."""
 
 
+def refuse_unknown_listener(where: str) -> None:
+    """A port the local stack runs no server of (a sentinel named an address it does not know)."""
+    raise UntrustedServerError(
+        f"{where} is not a server of the local stack: no credentials were sent"
+    )
+
+
 def current_user() -> str:
     return pwd.getpwuid(os.geteuid()).pw_name
 

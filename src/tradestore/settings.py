@@ -59,6 +59,7 @@ from tradestore.peers import (
     GuardedSecret,
     StackProcessCheck,
     current_user,
+    refuse_unknown_listener,
     require_any_socket_peer,
     require_socket_peer,
     trust_any_listener,
@@ -66,6 +67,8 @@ from tradestore.peers import (
 
 CREDENTIALS_FILE = "credentials.json"
 ENDPOINTS_FILE = "endpoints.json"
+TOPOLOGY_KEY = "topology"
+"""The endpoints file also records the topology the stack was last brought up in."""
 LOOPBACK = "127.0.0.1"
 APPLICATION_NAME = "tradestore"
 
@@ -382,6 +385,15 @@ class RedisSettings(SocketSettings):
     (cache emptied, not used) after twice as long plus one second of silence."""
     near_cache_connections: int = Field(default=4, gt=0)
     """Data connections of the near cache: each new one resets it (coredis turns tracking on)."""
+    sentinels: list[tuple[str, Port]] = Field(default_factory=list)
+    """Sentinels (host, port) that name the primary: when set, every client asks them and
+    follows a failover, over TCP (the replicated stack records its three)."""
+    service_name: str = Field(default="tradestore", min_length=1)
+    """The primary's name at the sentinels (``sentinel monitor <name> ...``)."""
+    server_pid_files: dict[Port, Path] = Field(default_factory=dict)
+    """The local stack's Redis processes by TCP port (data nodes and sentinels): credentials
+    sent over TCP go only to the process named here, listening on that port (the stack
+    records these); with none recorded, any listener is trusted (a remote Redis)."""
 
     @model_validator(mode="after")
     def _block_under_timeout(self) -> Self:
@@ -395,21 +407,54 @@ class RedisSettings(SocketSettings):
     def admin_secret(self) -> str:
         return _secret_value(self.admin_password, f"Redis user {self.admin_username}")
 
-    def connect_arguments(self, *, admin: bool = False) -> dict[str, Any]:
-        """redis-py's arguments as the application user (or the stack's admin): a Unix socket
-        or host and port, and credentials handed out only once the server checked out."""
-        path = self.socket_path()
+    def tcp_check(self, host: str, port: int) -> Check:
+        """The check to pass before credentials go to host:port over TCP: the local stack's
+        process on that port, none for a Redis that is not the local stack's."""
+        if not self.server_pid_files:
+            return trust_any_listener
+        pid_file = self.server_pid_files.get(port)
+        if pid_file is None or host != self.host:
+            return functools.partial(refuse_unknown_listener, f"Redis at {host}:{port}")
+        return StackProcessCheck("Redis", host, port, pid_file)
+
+    def _credentials(self, *, admin: bool, check: Check | None) -> GuardedCredentials:
         username = self.admin_username if admin else self.username
         secret = self.admin_secret() if admin else self.secret()
+        guarded = self.guarded(secret) if check is None else GuardedSecret(secret, check)
+        return GuardedCredentials(username, guarded)
+
+    def connect_arguments(self, *, admin: bool = False) -> dict[str, Any]:
+        """redis-py's arguments as the application user (or the stack's admin): a Unix socket
+        or host and port, and credentials handed out only once the server checked out.
+
+        With sentinels, host and port are what they name at each connect: the address is
+        checked there (``tradestore.cache.topology``), so no check is bound here."""
+        path = self.socket_path()
         address: dict[str, Any] = (
             {"host": self.host, "port": self.port}
             if path is None
             else {"unix_socket_path": str(path)}
         )
+        check = None
+        if self.sentinels:
+            address, check = {}, trust_any_listener
+        elif path is None:
+            check = self.tcp_check(self.host, self.port)
         return {
             **address,
             "db": self.db,
-            "credential_provider": GuardedCredentials(username, self.guarded(secret)),
+            "credential_provider": self._credentials(admin=admin, check=check),
+            "socket_timeout": self.command_timeout_s,
+            "socket_connect_timeout": self.connect_timeout_s,
+        }
+
+    def sentinel_arguments(self, host: str, port: int, *, admin: bool = False) -> dict[str, Any]:
+        """redis-py's arguments for one sentinel: the same users as the data nodes (the
+        application user may only ask for the primary), the sentinel's process checked first."""
+        return {
+            "host": host,
+            "port": port,
+            "credential_provider": self._credentials(admin=admin, check=self.tcp_check(host, port)),
             "socket_timeout": self.command_timeout_s,
             "socket_connect_timeout": self.connect_timeout_s,
         }
@@ -417,6 +462,9 @@ class RedisSettings(SocketSettings):
     def dsn(self) -> str:
         """A redis:// (or unix://) URL without the password, safe to print."""
         path = self.socket_path()
+        if self.sentinels:
+            hosts = ",".join(f"{host}:{port}" for host, port in self.sentinels)
+            return f"redis+sentinel://{quote(self.username)}@{hosts}/{self.service_name}/{self.db}"
         if path is not None:
             return f"unix://{quote(self.username)}@{path}?db={self.db}"
         return f"redis://{quote(self.username)}@{self.host}:{self.port}/{self.db}"
@@ -629,8 +677,8 @@ class LocalStackSource(PydanticBaseSettingsSource):
         )
         values = _read_json(data_dir / CREDENTIALS_FILE, "credentials")
         for section, recorded in _read_json(data_dir / ENDPOINTS_FILE, "endpoints").items():
-            if section == "topology":
-                values[section] = recorded
+            if section == TOPOLOGY_KEY:
+                values[TOPOLOGY_KEY] = recorded
                 continue
             keys = ADDRESS_KEYS.get(section, ())
             if keys and all(self._in_force(section, key) == str(recorded.get(key)) for key in keys):
@@ -663,8 +711,9 @@ class Settings(BaseSettings):
     """This platform node (``TRADESTORE_NODE_ID``, default the host name). Several nodes share
     one data layer: traders, the rules they own and node health reports are scoped by it."""
     topology: Topology = "single"
-    """"replicated" adds a standby to the local stack's servers (``tradestore stack up
-    --topology replicated``); recorded in the endpoints file for the commands that follow."""
+    """``replicated``: the local stack adds a PostgreSQL streaming standby (read-only calls go
+    to it), a Redis replica and three sentinels (clients find the Redis primary through them);
+    recorded in the endpoints file for the commands that follow."""
     postgres: PostgresSettings = PostgresSettings()
     redis: RedisSettings = RedisSettings()
     questdb: QuestDBSettings = QuestDBSettings()

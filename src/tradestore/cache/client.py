@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 from types import TracebackType
-from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import SentinelManagedConnection
 from redis.backoff import NoBackoff
 from redis.connection import HiredisRespSerializer
 from redis.exceptions import (
@@ -25,6 +25,7 @@ from redis.exceptions import DataError as RedisDataError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.typing import EncodableT
 
+from tradestore.cache.topology import ConnectionClasses, close_sentinels, primary_pool
 from tradestore.errors import (
     ConfigError,
     FieldProblem,
@@ -68,13 +69,13 @@ class HiredisPackingUnixConnection(HiredisPacking, aioredis.UnixDomainSocketConn
         self._writer = writer
 
 
-def _pool_arguments(config: RedisSettings) -> dict[str, Any]:
-    """The settings' arguments in the shape of a pool's: a socket path goes to its own class."""
-    arguments = config.connect_arguments()
-    path = arguments.pop("unix_socket_path", None)
-    if path is None:
-        return arguments | {"connection_class": HiredisPackingConnection}
-    return arguments | {"connection_class": HiredisPackingUnixConnection, "path": path}
+class HiredisPackingSentinelConnection(HiredisPacking, SentinelManagedConnection):
+    """TCP to whichever node the sentinels name primary."""
+
+
+CONNECTION_CLASSES = ConnectionClasses(
+    HiredisPackingConnection, HiredisPackingUnixConnection, HiredisPackingSentinelConnection
+)
 
 
 def create_client(config: RedisSettings) -> aioredis.Redis:
@@ -82,11 +83,13 @@ def create_client(config: RedisSettings) -> aioredis.Redis:
 
     One immediate retry lets a command that met a connection Redis closed (after a restart) go
     through on a fresh one; a command in flight while Redis is down fails fast with a typed error
-    instead of redis-py's default ten backed-off retries. The retry must be the asyncio one:
+    instead of redis-py's default ten backed-off retries (with sentinels: on a connection to the
+    primary they name now, see ``tradestore.cache.topology``). The retry must be the asyncio one:
     redis-py's synchronous ``Retry`` handed to the asyncio pool never awaits the call it retries.
     """
-    pool = aioredis.BlockingConnectionPool(
-        **_pool_arguments(config),
+    pool = primary_pool(
+        config,
+        CONNECTION_CLASSES,
         protocol=3,
         decode_responses=True,
         # Bytes another writer left that are not UTF-8 must not make reads raise (a poisoned
@@ -121,6 +124,7 @@ class RedisConnections:
 
     async def close(self) -> None:
         await self.redis.aclose()
+        await close_sentinels(self.redis.connection_pool)
 
 
 _REFUSED_LOGIN = (AuthenticationError, AuthorizationError, NoPermissionError)

@@ -25,25 +25,31 @@ from typing import Any
 
 import anyio
 import anyio.lowlevel
-import coredis
 from coredis.commands.constants import CommandName
-from coredis.credentials import AbstractCredentialProvider, UserPass
 from coredis.exceptions import AuthenticationError as CoredisAuthenticationError
 from coredis.exceptions import AuthorizationError as CoredisAuthorizationError
+from coredis.exceptions import ConnectionError as CoredisConnectionError
 from coredis.exceptions import RedisError as CoredisError
+from coredis.exceptions import SentinelError
 from coredis.patterns.cache import AbstractCache, CacheStats, NodeTrackingCache
+from coredis.retry import ExponentialBackoffRetryPolicy
 from coredis.typing import RedisValueT, ResponseType
 
 from tradestore.cache.keys import address, decode_price, price_key
+from tradestore.cache.topology import CheckedCoredisSentinel, coredis_primary
 from tradestore.errors import ConfigError, StoreUnavailableError
 from tradestore.lifecycle import Lifecycle
 from tradestore.observability.counters import count
 from tradestore.observability.latency import timed, timed_lookup
-from tradestore.peers import GuardedCredentials
 from tradestore.settings import RedisSettings
 
+_RELINK_MIN_S = 0.1
+_RELINK_MAX_S = 1.0
 _KEEPALIVE_WAKE_S = 1.0
 """coredis' keepalive sleeps at least this long between checks."""
+
+PRIMARY_CHECK_S = 0.5
+"""How often a near cache that follows sentinels asks them where the primary is."""
 
 _Entry = tuple[Decimal, float]
 """A price and the monotonic instant it stops being servable."""
@@ -117,6 +123,20 @@ class _Entries(AbstractCache):
 class _TrackingLink(NodeTrackingCache[Any]):
     """coredis' tracking connection, also honouring flush-all invalidations (a null key list)."""
 
+    def __init__(self, pool: Any, cache: AbstractCache, max_idle_s: float) -> None:  # noqa: ANN401
+        super().__init__(pool, cache, max_idle_s)
+        # coredis links again on ConnectionError only, up to 16 s apart: a keepalive PING that
+        # times out (a hung server), or a sentinel naming a replica not yet promoted, would end
+        # the near cache, and after a failover it would stay unlinked (so unused) for seconds
+        # more than the failover took.
+        self._retry_policy = ExponentialBackoffRetryPolicy(
+            (CoredisConnectionError, TimeoutError, SentinelError),
+            retries=None,
+            base_delay=_RELINK_MIN_S,
+            max_delay=_RELINK_MAX_S,
+            jitter=True,
+        )
+
     @property
     def healthy(self) -> bool:
         """Up, and heard from since its keepalive last had to PING it, with one period of slack.
@@ -145,6 +165,22 @@ class _TrackingLink(NodeTrackingCache[Any]):
                         self._cache.invalidate(*keys)
             await anyio.sleep(0.01)
 
+    def leave(self, primary: tuple[str, int]) -> bool:
+        """Drop every connection if the link listens to another node than ``primary``.
+
+        The data connections go too: the old node may come back still a primary for a while,
+        with what it held. coredis then links again through the sentinels, to the new
+        primary, and empties the cache; until then the link is down and nothing is served.
+        """
+        connection = self._connection
+        if connection is None or not connection.usable:
+            return False
+        location = getattr(connection, "location", None)
+        if location is None or (location.host, location.port) == primary:
+            return False
+        self._connection_pool.disconnect()
+        return True
+
     async def barrier(self) -> None:
         """Return once every invalidation Redis sent before now has been applied.
 
@@ -163,16 +199,6 @@ class _TrackingLink(NodeTrackingCache[Any]):
             await anyio.lowlevel.checkpoint()
 
 
-class _CheckedUserPass(AbstractCredentialProvider):
-    """coredis' side of the settings' guarded credentials: the server is checked first."""
-
-    def __init__(self, credentials: GuardedCredentials) -> None:
-        self._credentials = credentials
-
-    async def get_credentials(self) -> UserPass:
-        return UserPass(self._credentials.username, self._credentials.secret())
-
-
 class NearCache(Lifecycle):
     """In-process prices served without a round trip, never after Redis changed or expired them.
 
@@ -184,36 +210,48 @@ class NearCache(Lifecycle):
 
     def __init__(self, config: RedisSettings) -> None:
         self._entries = _Entries(config.near_cache_max_keys)
-        arguments = config.connect_arguments()
-        path = arguments.get("unix_socket_path")
-        address = (
-            {"unix_socket_path": path}
-            if path is not None
-            else {"host": arguments["host"], "port": arguments["port"]}
-        )
-        self._client: coredis.Redis[bytes] = coredis.Redis(
-            **address,
-            db=arguments["db"],
-            credential_provider=_CheckedUserPass(arguments["credential_provider"]),
-            decode_responses=False,  # decode_price refuses bytes that are not UTF-8
-            stream_timeout=arguments["socket_timeout"],  # coredis' names for redis-py's
-            connect_timeout=arguments["socket_connect_timeout"],
-            max_connections=config.near_cache_connections,
-            cache=self._entries,
+        self._exit = AsyncExitStack()
+        self._service_name = config.service_name
+        # With sentinels: the primary they name; after a failover coredis re-links the
+        # tracking connection there and flushes this cache (NodeTrackingCache.run).
+        self._client, self._sentinel = coredis_primary(
+            config, max_connections=config.near_cache_connections, cache=self._entries
         )
         pool = self._client.connection_pool
         self._link = _TrackingLink(pool, self._entries, config.near_cache_max_idle_s)
         pool.cache = self._link
         self._fetches: dict[str, asyncio.Future[Decimal | None]] = {}
-        self._exit = AsyncExitStack()
 
     async def start(self) -> None:
         try:
+            if self._sentinel is not None:
+                await self._exit.enter_async_context(self._sentinel)
             await self._exit.enter_async_context(self._client)
         except (CoredisAuthenticationError, CoredisAuthorizationError) as error:
             raise ConfigError(f"redis: near cache: refused: {error}") from error
         except (CoredisError, OSError) as error:
             raise StoreUnavailableError(f"redis: near cache: {error}") from error
+        if self._sentinel is not None:
+            follower = asyncio.create_task(
+                self._follow_primary(self._sentinel), name="tradestore-near-cache-primary"
+            )
+            self._exit.callback(follower.cancel)
+
+    async def _follow_primary(self, sentinel: CheckedCoredisSentinel) -> None:
+        """Ask the sentinels where the primary is, and leave one that is no longer it.
+
+        A primary that dies closes the link at once; one that hangs (stopped, cut off) keeps it
+        open and silent for up to ``2 * near_cache_max_idle_s + 1`` s, while the sentinels
+        promote its replica after ``down-after`` and new writes go there.
+        """
+        while True:
+            await asyncio.sleep(PRIMARY_CHECK_S)
+            try:
+                primary = await sentinel.discover_primary(self._service_name)
+            except (CoredisError, OSError):
+                continue  # no sentinel answers: the link's own checks still apply
+            if self._link.leave(primary):
+                self._entries.reset()
 
     async def close(self) -> None:
         for fetch in list(self._fetches.values()):

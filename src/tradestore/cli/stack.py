@@ -39,7 +39,9 @@ def _role(status: ServerStatus) -> str:
 
 def _status_table(statuses: list[ServerStatus]) -> Table:
     table = Table(title="tradestore stack")
-    for column in ("server", "state", "role", "version", "address", "latency", "pid"):
+    replicated = any(status.replication for status in statuses)
+    columns = ("server", "state", "role", "version", "address", "latency", "pid")
+    for column in (*columns, "replication") if replicated else columns:
         # A socket's path folds over lines rather than lose its end to an ellipsis.
         table.add_column(column, no_wrap=column not in ("address", "role"), overflow="fold")
     for status in statuses:
@@ -57,6 +59,7 @@ def _status_table(statuses: list[ServerStatus]) -> Table:
             status.address,
             latency,
             str(status.pid or "-"),
+            *([status.replication or "-"] * replicated),
         )
     return table
 
@@ -107,7 +110,8 @@ def _print_statuses(statuses: list[ServerStatus], as_json: bool) -> None:
 TopologyOption = Annotated[
     Topology | None,
     typer.Option(
-        help='"replicated" adds a PostgreSQL standby; recorded for later commands '
+        help='"replicated" adds a PostgreSQL standby, a Redis replica and three sentinels that '
+        "fail over; recorded for later commands "
         "[env: TRADESTORE_TOPOLOGY; default: as recorded, else single]",
         show_default=False,
     ),

@@ -34,6 +34,8 @@ class Replication:
     role: str
     lag_bytes: int | None
     lag_s: float | None
+    detail: str | None = None
+    """What else the server says of its replication (its link, the primary it follows)."""
 
 
 class Queries(Protocol):

@@ -11,6 +11,16 @@ from typing import Any, Protocol, runtime_checkable
 
 from tradestore.relational.replication import Replication
 
+__all__ = [
+    "DiagnosedServer",
+    "ManagedServer",
+    "ReplicatedServer",
+    "Replication",  # re-exported: what every replicated server reports, PostgreSQL or Redis
+    "ServerStatus",
+    "median_round_trip_ms",
+    "server_status",
+]
+
 LATENCY_SAMPLES = 5
 
 
@@ -29,6 +39,9 @@ class ServerStatus:
     problems: tuple[str, ...] = ()
     """What is wrong although the server answers, e.g. QuestDB tables whose WAL is suspended."""
     role: str | None = None
+    """A replicated server's role (primary, standby, master, replica, sentinel)."""
+    replication: str | None = None
+    """Its replication as it sees it: link and lag, or the primary a sentinel names."""
     lag_bytes: int | None = None
     lag_s: float | None = None
 
@@ -69,7 +82,7 @@ class DiagnosedServer(Protocol):
 
 @runtime_checkable
 class ReplicatedServer(Protocol):
-    """A server that can say its role in a replicated topology."""
+    """A server of the replicated topology, which also reports its part in the replication."""
 
     async def replication(self) -> Replication: ...
 
@@ -79,12 +92,16 @@ async def server_status(server: ManagedServer) -> ServerStatus:
     pid = server.running_pid()
     if pid is None:
         return ServerStatus(server.name, False, server.address, server.log_file)
+    role = replication = None
+    lag_bytes: int | None = None
+    lag_s: float | None = None
     try:
         version, latency_ms = await server.measure()
         problems = tuple(await server.problems()) if isinstance(server, DiagnosedServer) else ()
-        replication = (
-            asdict(await server.replication()) if isinstance(server, ReplicatedServer) else {}
-        )
+        if isinstance(server, ReplicatedServer):
+            state = await server.replication()
+            role, replication = state.role, state.detail
+            lag_bytes, lag_s = state.lag_bytes, state.lag_s
     except Exception as error:  # status reports any failure; it never raises
         return ServerStatus(
             server.name, True, server.address, server.log_file, pid=pid, error=str(error)
@@ -98,7 +115,10 @@ async def server_status(server: ManagedServer) -> ServerStatus:
         version=version,
         latency_ms=latency_ms,
         problems=problems,
-        **replication,
+        role=role,
+        replication=replication,
+        lag_bytes=lag_bytes,
+        lag_s=lag_s,
     )
 
 

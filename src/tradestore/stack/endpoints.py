@@ -14,22 +14,23 @@ import os
 import tempfile
 from pathlib import Path
 
-from tradestore.settings import ADDRESS_KEYS, ENDPOINTS_FILE, Settings
+from tradestore.settings import ADDRESS_KEYS, ENDPOINTS_FILE, TOPOLOGY_KEY, Settings
 from tradestore.stack.process import private_dir
 
 ENDPOINT_KEYS = {
     "postgres": {"socket_dir", "socket_user", "standby_port", "standby_socket_dir"},
-    "redis": {"socket_dir", "socket_user"},
+    "redis": {"socket_dir", "socket_user", "sentinels", "server_pid_files"},
     "questdb": {"server_pid_file"},
 }
 
 
 def endpoints(settings: Settings) -> dict[str, object]:
-    recorded: dict[str, object] = {"topology": settings.topology}
-    for name, keys in ENDPOINT_KEYS.items():
-        section = getattr(settings, name)
-        recorded[name] = section.model_dump(mode="json", include={*ADDRESS_KEYS[name], *keys})
-    return recorded
+    """Each server's endpoint, and the topology the stack runs (replicated: until told not)."""
+    recorded: dict[str, object] = {
+        name: getattr(settings, name).model_dump(mode="json", include={*ADDRESS_KEYS[name], *keys})
+        for name, keys in ENDPOINT_KEYS.items()
+    }
+    return recorded | {TOPOLOGY_KEY: settings.topology}
 
 
 def record_endpoints(settings: Settings) -> Path:

@@ -15,6 +15,7 @@ from tradestore.stack.lock import stack_lock
 from tradestore.stack.postgres import PostgresServer
 from tradestore.stack.questdb import QuestDBServer
 from tradestore.stack.redis import RedisServer
+from tradestore.stack.replica import RedisTopology
 from tradestore.stack.standby import Failover, StandbyServer, fail_over, rebuild
 
 ServerCallback = Callable[[str, str], None]
@@ -29,7 +30,12 @@ def _ignore(_server: str, _event: str) -> None:
 
 
 class LocalStack:
-    """Starts, stops and reports PostgreSQL, Redis and QuestDB for one data directory."""
+    """Starts, stops and reports PostgreSQL, Redis and QuestDB for one data directory.
+
+    In the replicated topology, PostgreSQL gains a streaming standby (reads go to it), and
+    Redis is a primary, a replica and three sentinels; clients then find the Redis primary
+    through the sentinels (``settings.redis.sentinels``).
+    """
 
     def __init__(self, settings: Settings) -> None:
         self._configure(settings)
@@ -37,24 +43,25 @@ class LocalStack:
     def _configure(self, settings: Settings) -> None:
         """The servers of settings' data directory, and settings that reach them as clients
         should: over the servers' own Unix sockets, and to QuestDB's own process only."""
-        postgres, redis, questdb = (
-            PostgresServer(settings),
-            RedisServer(settings),
-            QuestDBServer(settings),
-        )
-        self.servers: tuple[ManagedServer, ...] = (postgres, redis, questdb)
+        self.redis_topology = RedisTopology(settings)
+        self.replicated = settings.topology == "replicated"
+        redis = self.redis_topology.primary if self.replicated else RedisServer(settings)
+        postgres, questdb = PostgresServer(settings), QuestDBServer(settings)
+        self.leaders: tuple[ManagedServer, ...] = (postgres, redis, questdb)
         self.followers: tuple[ManagedServer, ...] = ()
-        """Servers that copy one of ``servers``: started after them, stopped before them."""
-        postgres_config = postgres.config
-        self.standby: StandbyServer | None = None
-        if settings.topology == "replicated":
-            self.standby = StandbyServer(settings, postgres)
-            self.followers += (self.standby,)
-            postgres_config = postgres_config.model_copy(update=self.standby.endpoint())
+        """Servers that copy a leader or watch one: started after them, stopped before them."""
         self.postgres = postgres
-        self.servers += self.followers
+        self.standby: StandbyServer | None = None
+        postgres_config = postgres.config
+        redis_config = redis.config.model_copy(update={"sentinels": [], "server_pid_files": {}})
+        if self.replicated:
+            self.standby = StandbyServer(settings, postgres)
+            self.followers = (self.standby, *self.redis_topology.servers)
+            postgres_config = postgres_config.model_copy(update=self.standby.endpoint())
+            redis_config = self.redis_topology.client_config
+        self.servers: tuple[ManagedServer, ...] = self.leaders + self.followers
         self.settings = settings.model_copy(
-            update={"postgres": postgres_config, "redis": redis.config, "questdb": questdb.config}
+            update={"postgres": postgres_config, "redis": redis_config, "questdb": questdb.config}
         )
 
     def server(self, name: str) -> ManagedServer:
@@ -104,16 +111,40 @@ class LocalStack:
         async with self._locked(on_event):
             self._configure(ensure_credentials(self.settings))
             record_endpoints(self.settings)
-            leaders = [server for server in self.servers if server not in self.followers]
-            await self._each(lambda s: s.up(), leaders, on_event, "starting", "ready")
-            await self._each(lambda s: s.up(), self.followers, on_event, "starting", "ready")
+            if not self.replicated:
+                await self._each(lambda s: s.up(), self.servers, on_event, "starting", "ready")
+                return
+            await self._up_replicated(on_event)
+
+    async def _up_replicated(self, on_event: ServerCallback) -> None:
+        """The primaries first, then the PostgreSQL standby and the Redis replica, then the
+        sentinels (each Redis node asks them whom to follow, see ``stack.replica``); what this
+        start began of the followers is stopped again if it fails."""
+        topology = self.redis_topology
+        stopped = [server for server in self.followers if server.running_pid() is None]
+        copies = [server for server in self.followers if server not in topology.sentinels]
+        try:
+            await self._each(lambda s: s.up(), self.leaders, on_event, "starting", "ready")
+            await self._each(lambda s: s.up(), copies, on_event, "starting", "ready")
+            await self._each(lambda s: s.up(), topology.sentinels, on_event, "starting", "ready")
+        except BaseException:
+            await asyncio.gather(*(server.down() for server in stopped), return_exceptions=True)
+            raise
 
     async def down(self, on_event: ServerCallback = _ignore) -> None:
-        """Stop the servers this stack started; anything else is left alone."""
+        """Stop the servers this stack started; anything else is left alone.
+
+        The sentinels of a replicated stack stop first (whatever the topology setting now
+        says), so that they do not fail over from a primary that is merely being stopped.
+        """
         async with self._locked(on_event):
-            leaders = [server for server in self.servers if server not in self.followers]
-            await self._each(lambda s: s.down(), self.followers, on_event, "stopping", "stopped")
-            await self._each(lambda s: s.down(), leaders, on_event, "stopping", "stopped")
+            sentinels = self.redis_topology.sentinels
+            running = [server for server in sentinels if server.running_pid() is not None]
+            await self._each(lambda s: s.down(), running, on_event, "stopping", "stopped")
+            others = [server for server in self._all_servers() if server not in sentinels]
+            copies = [server for server in others if server not in self.leaders]
+            await self._each(lambda s: s.down(), copies, on_event, "stopping", "stopped")
+            await self._each(lambda s: s.down(), self.leaders, on_event, "stopping", "stopped")
 
     def _standby(self) -> StandbyServer:
         if self.standby is None:
@@ -135,6 +166,15 @@ class LocalStack:
             await rebuild(self.postgres, self._standby())
         await self.up(on_event)
 
+    def _all_servers(self) -> tuple[ManagedServer, ...]:
+        """This topology's servers, and a replicated stack's still running under another."""
+        extra = [
+            server
+            for server in self.redis_topology.servers
+            if server not in self.servers and server.running_pid() is not None
+        ]
+        return (*self.servers, *extra)
+
     @asynccontextmanager
     async def _locked(self, on_event: ServerCallback) -> AsyncIterator[None]:
         waited = False
@@ -150,4 +190,6 @@ class LocalStack:
             yield
 
     async def status(self) -> list[ServerStatus]:
-        return list(await asyncio.gather(*(server_status(server) for server in self.servers)))
+        return list(
+            await asyncio.gather(*(server_status(server) for server in self._all_servers()))
+        )

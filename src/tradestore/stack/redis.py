@@ -10,6 +10,7 @@ down is never sent a password. TCP on loopback stays for what is explicitly poin
 from __future__ import annotations
 
 import shutil
+from abc import abstractmethod
 from pathlib import Path
 
 import redis.asyncio as aioredis
@@ -30,8 +31,9 @@ APP_CHANNELS = ("ui:*",)
 """Pub/sub channels of the terminal UI."""
 APP_COMMANDS = (
     # connection: redis-py and coredis authenticate with HELLO 3 AUTH, may select the db, ping;
-    # the near cache points its connections' tracking at its invalidation link by CLIENT ID
-    "hello auth ping select client|id client|tracking",
+    # the near cache points its connections' tracking at its invalidation link by CLIENT ID;
+    # coredis asks a primary the sentinels named for its ROLE before using it
+    "hello auth ping select client|id client|tracking role",
     # prices and pool states: SET PX, GET, MGET; the near cache reads PTTL
     "get set mget pttl del",
     # transactions (a dead-lettered entry is copied and acked in one MULTI)
@@ -55,49 +57,86 @@ def app_acl(username: str, password: str) -> str:
     return f"user {username} reset on >{password} {keys} {channels} -@all {commands}"
 
 
-def _quoted(value: object) -> str:
+def quoted(value: object) -> str:
     return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-class RedisServer(SpawnedServer):
+def redis_server(name: str) -> str:
+    """The redis-server binary (a sentinel is one too, run with ``--sentinel``)."""
+    server = shutil.which("redis-server")
+    if server is None:
+        raise PrerequisiteError(
+            name, "redis-server not found: install Debian's redis-server (./run setup)"
+        )
+    return server
+
+
+class RedisProcess(SpawnedServer):
+    """A redis-server of this stack, data node or sentinel."""
+
+    def _owns(self, pid: int) -> bool:
+        # redis-server changes into its `dir`, which is this stack's own directory.
+        return process_cwd(pid) == self.root.resolve()
+
+    @abstractmethod
+    def client(self, *, admin: bool = True) -> aioredis.Redis:
+        """A short-lived client for the stack's checks, as the admin user unless told."""
+
+    async def measure(self) -> tuple[str, float]:
+        async with self.client() as client:
+            info = await client.info("server")
+            return str(info["redis_version"]), await median_round_trip_ms(client.ping)
+
+
+class RedisServer(RedisProcess):
     name = NAME
     start_timeout_s = START_TIMEOUT_S
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self, settings: Settings, *, name: str = NAME, directory: str = NAME, port_offset: int = 0
+    ) -> None:
+        self.name = name
         self.stack_dir = settings.data_dir
-        self.root = settings.data_dir / "redis"
+        self.root = settings.data_dir / directory
         self.run_dir = self.root / "run"
-        self.socket = settings.redis.socket_in(self.run_dir)
         self.conf_file = self.root / "redis.conf"
         self.pid_file = self.root / "redis.pid"
         self.log_file = self.root / "redis.log"
         self.config: RedisSettings = settings.redis.model_copy(
-            update={"socket_dir": self.run_dir, "socket_user": current_user()}
+            update={
+                "port": settings.redis.port + port_offset,
+                "socket_dir": self.run_dir,
+                "socket_user": current_user(),
+                # this node itself, over its socket, whichever node the sentinels name primary
+                "sentinels": [],
+                "server_pid_files": {},
+            }
         )
+        self.socket = self.config.socket_in(self.run_dir)
         self.host = self.config.host
 
     @property
     def address(self) -> str:
         return f"{self.socket}, {self.config.host}:{self.config.port}"
 
-    def _owns(self, pid: int) -> bool:
-        # redis-server changes into its `dir`, which is this stack's own directory.
-        return process_cwd(pid) == self.root.resolve()
-
     def _ports(self) -> list[int]:
         return [self.config.port]
+
+    def _replication_config(self) -> str:
+        """Lines a replicated node adds (how it logs in to its primary); none alone."""
+        return ""
 
     def _config(self) -> tuple[Path, str]:
         return self.conf_file, (
             "# Written by tradestore when it starts the server; it holds passwords (mode 0600).\n"
             f"bind {self.config.host}\n"
             f"port {self.config.port}\n"
-            f"unixsocket {_quoted(self.socket)}\n"
+            f"unixsocket {quoted(self.socket)}\n"
             "unixsocketperm 600\n"
             "protected-mode yes\n"
             "daemonize no\n"
-            f"dir {_quoted(self.root)}\n"
-            f"logfile {_quoted(self.log_file)}\n"
+            f"dir {quoted(self.root)}\n"
+            f"logfile {quoted(self.log_file)}\n"
             'save ""\n'
             "appendonly no\n"
             "maxmemory 2gb\n"
@@ -106,19 +145,14 @@ class RedisServer(SpawnedServer):
             f"user {self.config.admin_username} reset on >{self.config.admin_secret()} "
             "~* &* +@all\n"
             f"{app_acl(self.config.username, self.config.secret())}\n"
+            f"{self._replication_config()}"
         )
 
     async def _command(self) -> list[str]:
-        require_short_socket_path(NAME, self.socket, self.log_file)
-        server = shutil.which("redis-server")
-        if server is None:
-            raise PrerequisiteError(
-                NAME, "redis-server not found: install Debian's redis-server (./run setup)"
-            )
-        return [server, str(self.conf_file)]
+        require_short_socket_path(self.name, self.socket, self.log_file)
+        return [redis_server(self.name), str(self.conf_file)]
 
     def client(self, *, admin: bool = True) -> aioredis.Redis:
-        """A short-lived client for the stack's checks, as the admin user unless told."""
         return aioredis.Redis(**self.config.connect_arguments(admin=admin))
 
     async def _version(self) -> str:
@@ -127,8 +161,3 @@ class RedisServer(SpawnedServer):
         async with self.client() as client:
             info = await client.info("server")
             return str(info["redis_version"])
-
-    async def measure(self) -> tuple[str, float]:
-        async with self.client() as client:
-            info = await client.info("server")
-            return str(info["redis_version"]), await median_round_trip_ms(client.ping)

@@ -73,6 +73,11 @@ class SpawnedServer(ABC):
     def _config(self) -> tuple[Path, str]:
         """The configuration file and what it must hold now (passwords included)."""
 
+    def _config_record(self) -> tuple[Path, str]:
+        """What ``up`` compares to tell a running server's configuration is out of date: the
+        configuration file itself, unless the server rewrites it (then a copy kept apart)."""
+        return self._config()
+
     @abstractmethod
     async def _command(self) -> list[str]:
         """Check prerequisites; return the command that runs the server."""
@@ -93,7 +98,7 @@ class SpawnedServer(ABC):
         """
         async with stack_lock(self.stack_dir):
             pid = self.running_pid()
-            if pid is not None and not _holds(*self._config()):
+            if pid is not None and not _holds(*self._config_record()):
                 await self._stop(pid)
                 pid = None
             if pid is None:
@@ -105,6 +110,9 @@ class SpawnedServer(ABC):
                 argv = await self._command()
                 config_file, config = self._config()
                 write_private(private_dir(config_file.parent) / config_file.name, config)
+                record_file, record = self._config_record()
+                if record_file != config_file:
+                    write_private(record_file, record)
                 pid = spawn_detached(
                     self.name, argv, cwd=self.root, log_file=self.log_file, pid_file=self.pid_file
                 )
