@@ -48,6 +48,26 @@ def stack_overrides(data_dir: Path, base: int) -> dict[str, Any]:
     }
 
 
+REPLICATED_SPAN = 12
+
+
+def replicated_overrides(data_dir: Path, base: int) -> dict[str, Any]:
+    """Settings for a replicated stack: PostgreSQL on base+1 (restores +2, the standby +3),
+    Redis on +4 (its replica +5, sentinels +6..+8), QuestDB on +9..+11."""
+    return {
+        "data_dir": data_dir,
+        "topology": "replicated",
+        "postgres": {"port": base + 1},
+        "redis": {"port": base + 4},
+        "questdb": {
+            "http_port": base + 9,
+            "pg_port": base + 10,
+            "min_http_port": base + 11,
+            "heap_mb": 512,
+        },
+    }
+
+
 def port_base() -> int:
     """The test stack uses base+1..base+5; lifecycle tests build stacks further up, below +100."""
     return int(os.environ.get("TRADESTORE_TEST_PORT_BASE", DEFAULT_PORT_BASE))

@@ -24,7 +24,7 @@ import pytest
 import pytest_asyncio
 
 from tests.cache_support import token
-from tests.conftest import REPO, free_port_base, stack_overrides
+from tests.conftest import REPLICATED_SPAN, REPO, free_port_base, replicated_overrides
 from tests.support import cli_env, tradestore, wait_until
 from tests.test_stack_sockets import squatting
 from tradestore.cache import CacheStore, Message
@@ -37,9 +37,6 @@ from tradestore.stack.replica import FAILOVER_WAIT_S, ReplicatedRedis
 
 pytestmark = [pytest.mark.replication, pytest.mark.fault]
 
-REDIS_OFFSET = 6
-"""The stack's five ports are base+1..+5: Redis moves to +6, its replica +7, sentinels +8..+10."""
-SPAN = REDIS_OFFSET + 5
 SETTLE_S = 30.0
 PENDING = 10
 
@@ -50,11 +47,7 @@ async def replicated() -> AsyncIterator[LocalStack]:
     scratch = REPO / ".tradestore"
     scratch.mkdir(exist_ok=True)
     data_dir = Path(tempfile.mkdtemp(prefix="replicated-", dir=scratch))
-    base = free_port_base(SPAN)
-    overrides = stack_overrides(data_dir, base) | {
-        "topology": "replicated",
-        "redis": {"port": base + REDIS_OFFSET},
-    }
+    overrides = replicated_overrides(data_dir, free_port_base(REPLICATED_SPAN))
     local = LocalStack(Settings(**overrides))
     try:
         await local.up()
@@ -149,7 +142,8 @@ async def test_the_replicated_stack_reports_roles_and_the_sentinels_view(
     assert shown.returncode == 0, shown.stderr
     roles = {entry["name"]: entry["role"] for entry in json.loads(shown.stdout)}
     assert roles == {
-        "postgresql": None,
+        "postgresql": "primary",
+        "postgresql-standby": "standby",
         "questdb": None,
         primary.name: "master",
         next(node.name for node in replicated.redis_topology.nodes if node is not primary): (

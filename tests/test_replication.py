@@ -27,7 +27,7 @@ import pytest_asyncio
 from prometheus_client import CollectorRegistry, generate_latest
 from solders.pubkey import Pubkey
 
-from tests.conftest import REPO, free_port_base
+from tests.conftest import REPLICATED_SPAN, REPO, free_port_base, replicated_overrides
 from tests.support import cli_env, postgres, tradestore, wait_for
 from tradestore.errors import ConfigError, StackError, StoreUnavailableError
 from tradestore.models import TokenInfo
@@ -52,22 +52,6 @@ REPLAY_TIMEOUT_S = 15.0
 RESUME_TIMEOUT_S = 30.0
 
 
-def replicated_overrides(data_dir: Path, base: int) -> dict[str, Any]:
-    """PostgreSQL on base+1 (restores +2, the standby +3), then Redis and QuestDB above."""
-    return {
-        "data_dir": data_dir,
-        "topology": "replicated",
-        "postgres": {"port": base + 1},
-        "redis": {"port": base + 4},
-        "questdb": {
-            "http_port": base + 5,
-            "pg_port": base + 6,
-            "min_http_port": base + 7,
-            "heap_mb": 512,
-        },
-    }
-
-
 @pytest.fixture(scope="module")
 def data_dir() -> Iterator[Path]:
     scratch = REPO / ".tradestore"
@@ -81,7 +65,7 @@ def data_dir() -> Iterator[Path]:
 
 @pytest_asyncio.fixture(scope="module")
 async def stack(data_dir: Path) -> AsyncIterator[LocalStack]:
-    local = LocalStack(Settings(**replicated_overrides(data_dir, free_port_base(span=8))))
+    local = LocalStack(Settings(**replicated_overrides(data_dir, free_port_base(REPLICATED_SPAN))))
     try:
         await local.up()
         await apply_postgres_schema(local.settings)
@@ -240,9 +224,10 @@ async def test_status_on_the_command_line_shows_roles(settings: Settings) -> Non
     done = await asyncio.to_thread(tradestore, "stack", "status", "--json", env=cli_env(settings))
     assert done.returncode == 0, done.stderr
     roles = {entry["name"]: entry["role"] for entry in json.loads(done.stdout)}
-    assert roles == {
+    redis_roles = {name: role for name, role in roles.items() if name.startswith("redis")}
+    assert sorted(redis_roles.values()) == ["master", "replica", *["sentinel"] * 3]
+    assert {name: role for name, role in roles.items() if name not in redis_roles} == {
         "postgresql": "primary",
-        "redis": None,
         "questdb": None,
         "postgresql-standby": "standby",
     }
