@@ -267,7 +267,11 @@ async def test_the_near_cache_leaves_a_hung_primary_once_the_sentinels_move_on(
     2 * near_cache_max_idle_s + 1 s while writes already go to the promoted replica. Then the
     hung node is killed, and the next ``up`` brings it back as a replica."""
     primary = await settled(replicated)
-    settings = replicated.settings.with_changes(redis={"price_ttl_ms": 600_000})
+    # A link check far slower than any failover (a loaded machine has taken 11 s to fail over):
+    # only the sentinels' word can empty the cache within it.
+    settings = replicated.settings.with_changes(
+        redis={"price_ttl_ms": 600_000, "near_cache_max_idle_s": 30.0}
+    )
     silence_s = 2 * settings.redis.near_cache_max_idle_s + 1
     mint = token()
     async with CacheStore.open(settings, near_cache=True) as cache:
