@@ -1,4 +1,5 @@
-"""The one pooled redis-py client every cache call shares, and the errors callers see."""
+"""Where every Redis connection of the cache is built from settings: the pooled redis-py client,
+the multiplexer of the hot paths, and the errors callers see."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from redis.exceptions import DataError as RedisDataError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.typing import EncodableT
 
+from tradestore.cache.multiplex import Connector, Multiplexer
 from tradestore.errors import (
     ConfigError,
     FieldProblem,
@@ -77,6 +79,33 @@ def _pool_arguments(config: RedisSettings) -> dict[str, Any]:
     return arguments | {"connection_class": HiredisPackingUnixConnection, "path": path}
 
 
+def connector(config: RedisSettings) -> Connector:
+    """How the multiplexer reaches Redis: the settings' Unix socket, else host and port.
+
+    The address is looked up again on every connect, so a lookup that moves (a Sentinel's
+    primary) belongs here.
+    """
+    arguments = config.connect_arguments()
+    path = arguments.get("unix_socket_path")
+    loop_connect = asyncio.get_running_loop
+    if path is not None:
+        return lambda protocol: loop_connect().create_unix_connection(protocol, path)
+    host, port = arguments["host"], arguments["port"]
+    return lambda protocol: loop_connect().create_connection(protocol, host, port)
+
+
+def create_multiplexer(config: RedisSettings) -> Multiplexer:
+    """The auto-pipelining connection of the hot paths, as the application user."""
+    arguments = config.connect_arguments()
+    return Multiplexer(
+        connector(config),
+        arguments["credential_provider"],
+        arguments["db"],
+        connect_timeout_s=config.connect_timeout_s,
+        command_timeout_s=config.command_timeout_s,
+    )
+
+
 def create_client(config: RedisSettings) -> aioredis.Redis:
     """A RESP3 client over one bounded pool; hiredis parses replies.
 
@@ -104,22 +133,26 @@ def create_client(config: RedisSettings) -> aioredis.Redis:
 
 
 class RedisConnections:
-    """The pooled client every part of one cache store shares, and the settings it was made of.
+    """The clients every part of one cache store shares, and the settings they were made of:
+    the multiplexer for single-key reads and writes, the pool for streams and the rest.
 
     tradestore's own handle, so that no redis-py type shows in a public signature.
     """
 
-    __slots__ = ("redis", "settings")
+    __slots__ = ("multiplexer", "redis", "settings")
 
     def __init__(self, settings: RedisSettings) -> None:
         self.settings = settings
         self.redis = create_client(settings)
+        self.multiplexer = create_multiplexer(settings)
 
     async def ping(self) -> None:
         with translated_errors("ping"):
             await self.redis.ping()
+        await self.multiplexer.ping()
 
     async def close(self) -> None:
+        self.multiplexer.close()
         await self.redis.aclose()
 
 
