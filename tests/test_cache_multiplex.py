@@ -18,7 +18,12 @@ import redis.asyncio as aioredis
 
 from tests.cache_support import token
 from tradestore.cache import CacheStore
-from tradestore.errors import InternalError, StoreUnavailableError
+from tradestore.errors import (
+    ConfigError,
+    InternalError,
+    StoreUnavailableError,
+    UntrustedServerError,
+)
 from tradestore.models.cache import PoolState
 from tradestore.settings import Settings
 from tradestore.stack import LocalStack
@@ -182,3 +187,19 @@ async def test_a_closed_store_refuses_typed(settings: Settings) -> None:
         prices = cache.prices
     with pytest.raises(StoreUnavailableError):
         await prices.get_price(token())
+
+
+async def test_the_server_is_checked_before_the_password_is_sent(settings: Settings) -> None:
+    """The multiplexer's own connections pass the same guard as the pool's: a socket served by
+    another user than expected gets no AUTH (lazy: the first price read connects)."""
+    expecting_another = settings.with_changes(redis={"socket_user": "nobody"})
+    async with CacheStore.open(expecting_another, lazy=True) as cache:
+        with pytest.raises(UntrustedServerError, match="not nobody"):
+            await cache.prices.get_price(token())
+
+
+async def test_a_refused_login_is_a_config_error(settings: Settings) -> None:
+    wrong = settings.with_changes(redis={"password": "wrong"})
+    async with CacheStore.open(wrong, lazy=True) as cache:
+        with pytest.raises(ConfigError, match="WRONGPASS"):
+            await cache.prices.set_price(token(), Decimal(1))
