@@ -191,13 +191,17 @@ class Multiplexer:
         futures = [link.send(command) for command in packed]
         replies: list[Any] = []
         failure: BaseException | None = None
-        for future in futures:
-            try:
-                replies.append(await future)
-            except hiredis.ReplyError as error:
-                failure = failure or reply_error(what, error)
-            except StoreUnavailableError as error:
-                failure = failure or error
+        try:
+            for future in futures:
+                try:
+                    replies.append(await future)
+                except hiredis.ReplyError as error:
+                    failure = failure or reply_error(what, error)
+                except StoreUnavailableError as error:
+                    failure = failure or error
+        finally:
+            for future in futures:  # the caller was cancelled: nobody will read the others
+                future.cancel()
         if failure is not None:
             raise failure
         return replies
