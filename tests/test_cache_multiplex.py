@@ -203,3 +203,13 @@ async def test_a_refused_login_is_a_config_error(settings: Settings) -> None:
     async with CacheStore.open(wrong, lazy=True) as cache:
         with pytest.raises(ConfigError, match="WRONGPASS"):
             await cache.prices.set_price(token(), Decimal(1))
+
+
+async def test_prices_over_tcp_too(settings: Settings) -> None:
+    """Away from the local stack there is no Unix socket: the same calls go over TCP."""
+    over_tcp = settings.with_changes(redis={"socket_dir": None})
+    assert over_tcp.redis.socket_path() is None
+    mint = token()
+    async with CacheStore.open(over_tcp) as cache:
+        await cache.prices.set_prices({mint: Decimal("3.25"), token(): Decimal(1)})
+        assert await cache.prices.get_price(mint) == Decimal("3.25")

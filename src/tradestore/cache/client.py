@@ -82,16 +82,15 @@ def _pool_arguments(config: RedisSettings) -> dict[str, Any]:
 def connector(config: RedisSettings) -> Connector:
     """How the multiplexer reaches Redis: the settings' Unix socket, else host and port.
 
-    The address is looked up again on every connect, so a lookup that moves (a Sentinel's
-    primary) belongs here.
+    The multiplexer calls it for every connection it opens, so an address that moves (a
+    Sentinel's primary) is to be looked up inside it.
     """
     arguments = config.connect_arguments()
     path = arguments.get("unix_socket_path")
-    loop_connect = asyncio.get_running_loop
     if path is not None:
-        return lambda protocol: loop_connect().create_unix_connection(protocol, path)
+        return lambda protocol: asyncio.get_running_loop().create_unix_connection(protocol, path)
     host, port = arguments["host"], arguments["port"]
-    return lambda protocol: loop_connect().create_connection(protocol, host, port)
+    return lambda protocol: asyncio.get_running_loop().create_connection(protocol, host, port)
 
 
 def create_multiplexer(config: RedisSettings) -> Multiplexer:
