@@ -11,6 +11,7 @@ import os
 import random
 import signal
 import time
+import uuid
 from decimal import Decimal
 
 import pytest
@@ -24,7 +25,7 @@ from tradestore.errors import (
     StoreUnavailableError,
     UntrustedServerError,
 )
-from tradestore.models.cache import PoolState
+from tradestore.models.cache import Event, PoolState
 from tradestore.settings import Settings
 from tradestore.stack import LocalStack
 
@@ -213,3 +214,36 @@ async def test_prices_over_tcp_too(settings: Settings) -> None:
     async with CacheStore.open(over_tcp) as cache:
         await cache.prices.set_prices({mint: Decimal("3.25"), token(): Decimal(1)})
         assert await cache.prices.get_price(mint) == Decimal("3.25")
+
+
+async def test_concurrent_publishes_each_get_their_own_entry(
+    cache: CacheStore, redis_client: aioredis.Redis
+) -> None:
+    """XADDs of many tasks share writes: each publisher gets the id of its own entry, and a
+    publish the ACL refuses (a stream outside ``stream:*``) is a ConfigError for its caller only."""
+    name = f"stream:multiplex-{uuid.uuid4().hex}"
+    stream = cache.stream(name)
+    refused = cache.stream(f"elsewhere:{uuid.uuid4().hex}")
+
+    async def publish(step: int) -> str | ConfigError:
+        try:
+            return await (refused if step == 100 else stream).publish(
+                Event(event_type="tick", data={"step": step})
+            )
+        except ConfigError as error:
+            return error
+
+    try:
+        ids = await asyncio.gather(*(publish(step) for step in range(200)))
+        assert isinstance(ids[100], ConfigError)
+        assert "NOPERM" in str(ids[100])
+        data = {
+            str(entry_id): (fields or {}).get("data")
+            for entry_id, fields in await redis_client.xrange(name) or []
+        }
+        assert len(data) == 199
+        for step, entry_id in enumerate(ids):
+            if step != 100:
+                assert data[str(entry_id)] == f'{{"step":{step}}}'
+    finally:
+        await redis_client.delete(name)

@@ -8,8 +8,9 @@ many callers) but spends tens of microseconds of Python per command (anyio cance
 telemetry, retry wrappers), so 50 tasks get no more from it than from redis-py; valkey-glide
 cannot reach a Unix socket (valkey-glide issue 4878). BENCHMARKS.md has the figures.
 
-Every command sent through it must be safe to send twice: after a connection Redis closed,
-a command is sent again once, on a fresh connection.
+After a connection Redis closed, a command is sent again once, on a fresh connection: prices
+are idempotent, and a stream entry may be added twice (publishing is at-least-once, as it was
+with redis-py's one retry).
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from tradestore.errors import (
 )
 from tradestore.peers import GuardedCredentials
 
-Command = tuple[str | int | float | bytes, ...]
+Arg = str | int | float | bytes
+Command = tuple[Arg, ...]
 Connector = Callable[[Callable[[], asyncio.Protocol]], Awaitable[tuple[asyncio.BaseTransport, Any]]]
 """Opens a transport to the server with the given protocol (``loop.create_unix_connection``
 bound to an address); the one place that knows where Redis is."""
@@ -161,7 +163,7 @@ class Multiplexer:
         self._connecting: asyncio.Future[_Link] | None = None
         self._closed = False
 
-    async def execute(self, what: str, *command: str | int | float | bytes) -> Any:  # noqa: ANN401
+    async def execute(self, what: str, *command: Arg) -> Any:  # noqa: ANN401
         """One command's reply; errors are tradestore's, ``what`` names the call in them."""
         packed = pack(command)
         try:
