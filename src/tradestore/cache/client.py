@@ -1,4 +1,5 @@
-"""The one pooled redis-py client every cache call shares, and the errors callers see."""
+"""Where every Redis connection of the cache is built from settings: the pooled redis-py client,
+the multiplexer of the hot paths, and the errors callers see."""
 
 from __future__ import annotations
 
@@ -25,7 +26,13 @@ from redis.exceptions import DataError as RedisDataError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.typing import EncodableT
 
-from tradestore.cache.topology import ConnectionClasses, close_sentinels, primary_pool
+from tradestore.cache.multiplex import Multiplexer
+from tradestore.cache.topology import (
+    ConnectionClasses,
+    close_sentinels,
+    multiplexer_connector,
+    primary_pool,
+)
 from tradestore.errors import (
     ConfigError,
     FieldProblem,
@@ -78,6 +85,19 @@ CONNECTION_CLASSES = ConnectionClasses(
 )
 
 
+def create_multiplexer(config: RedisSettings, pool: aioredis.ConnectionPool) -> Multiplexer:
+    """The auto-pipelining connection of the hot paths, as the application user, to the
+    primary ``pool`` reaches (with sentinels: the one they name at each connect)."""
+    arguments = config.connect_arguments()
+    return Multiplexer(
+        multiplexer_connector(config, pool),
+        arguments["credential_provider"],
+        arguments["db"],
+        connect_timeout_s=config.connect_timeout_s,
+        command_timeout_s=config.command_timeout_s,
+    )
+
+
 def create_client(config: RedisSettings) -> aioredis.Redis:
     """A RESP3 client over one bounded pool; hiredis parses replies.
 
@@ -107,22 +127,26 @@ def create_client(config: RedisSettings) -> aioredis.Redis:
 
 
 class RedisConnections:
-    """The pooled client every part of one cache store shares, and the settings it was made of.
+    """The clients every part of one cache store shares, and the settings they were made of:
+    the multiplexer for single-key reads and writes, the pool for streams and the rest.
 
     tradestore's own handle, so that no redis-py type shows in a public signature.
     """
 
-    __slots__ = ("redis", "settings")
+    __slots__ = ("multiplexer", "redis", "settings")
 
     def __init__(self, settings: RedisSettings) -> None:
         self.settings = settings
         self.redis = create_client(settings)
+        self.multiplexer = create_multiplexer(settings, self.redis.connection_pool)
 
     async def ping(self) -> None:
         with translated_errors("ping"):
             await self.redis.ping()
+        await self.multiplexer.ping()
 
     async def close(self) -> None:
+        self.multiplexer.close()
         await self.redis.aclose()
         await close_sentinels(self.redis.connection_pool)
 

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from decimal import Decimal
 from typing import TypeVar
 
-from tradestore.cache.client import RedisConnections, translated_errors
+from tradestore.cache.client import RedisConnections
 from tradestore.cache.keys import (
     address,
     decode_price,
@@ -29,10 +29,11 @@ class PriceCache:
 
     A miss (absent or expired) is ``None``; batched calls take one round trip. Every argument is
     validated first (InvalidInputError); ``get_price``, the hot path, checks its one by hand.
+    All go through the multiplexer: calls of many tasks at once share writes and round trips.
     """
 
     def __init__(self, connections: RedisConnections) -> None:
-        self._client = connections.redis
+        self._redis = connections.multiplexer
         self._config = connections.settings
 
     @validate_arguments
@@ -45,22 +46,18 @@ class PriceCache:
         """Every price validated first, then all written in one pipelined round trip."""
         quotes = [PriceQuote(token=token, price=price) for token, price in prices.items()]
         ttl = self._config.price_ttl_ms
-        with translated_errors("set prices"):
-            if len(quotes) == 1:
-                quote = quotes[0]
-                await self._client.set(price_key(quote.token), encode_price(quote.price), px=ttl)
-                return
-            async with self._client.pipeline(transaction=False) as pipe:
-                for quote in quotes:
-                    pipe.set(price_key(quote.token), encode_price(quote.price), px=ttl)
-                await pipe.execute()
+        await self._redis.execute_many(
+            "set prices",
+            [
+                ("SET", price_key(quote.token), encode_price(quote.price), "PX", ttl)
+                for quote in quotes
+            ],
+        )
 
     @timed("redis", "price.get")
     async def get_price(self, token: str) -> Decimal | None:
         key = price_key(address(token, "token"))
-        with translated_errors("get price"):
-            raw = await self._client.get(key)
-        return decode_price(key, raw)
+        return decode_price(key, await self._redis.execute("get price", "GET", key))
 
     @timed("redis", "price.get_batch")
     @validate_arguments
@@ -77,12 +74,13 @@ class PriceCache:
     @validate_arguments
     async def set_pools(self, states: Iterable[PoolState]) -> None:
         ttl = self._config.pool_ttl_ms
-        pairs = [(pool_key(state.address), state.model_dump_json()) for state in states]
-        with translated_errors("set pool states"):
-            async with self._client.pipeline(transaction=False) as pipe:
-                for key, value in pairs:
-                    pipe.set(key, value, px=ttl)
-                await pipe.execute()
+        await self._redis.execute_many(
+            "set pool states",
+            [
+                ("SET", pool_key(state.address), state.model_dump_json(), "PX", ttl)
+                for state in states
+            ],
+        )
 
     @validate_arguments
     async def get_pool(self, pool_address: str) -> PoolState | None:
@@ -103,8 +101,7 @@ class PriceCache:
     ) -> dict[str, T | None]:
         if not keys:
             return {}
-        with translated_errors("read cached values"):
-            values = await self._client.mget(keys)
+        values = await self._redis.execute("read cached values", "MGET", *keys)
         return {name: decode(key, raw) for name, key, raw in zip(names, keys, values, strict=True)}
 
 

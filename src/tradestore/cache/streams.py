@@ -37,7 +37,7 @@ _SOCKET_MARGIN_S = 1.0
 Fields = dict[FieldT, EncodableT]
 
 
-def _encode(event: Event, max_json_bytes: int) -> Fields:
+def _encode(event: Event, max_json_bytes: int) -> dict[str, str]:
     """The entry's fields; data over the store's bound is refused. The types are checked again
     (cheaply) because ``model_copy(update=...)`` builds events without validation."""
     timestamp = event.timestamp
@@ -102,7 +102,9 @@ class EventStream:
 
     def __init__(self, connections: RedisConnections, name: str) -> None:
         self._client = client = connections.redis
+        self._redis = connections.multiplexer
         self.name = name
+        self._publishing = f"publish to {name}"
         self._config = connections.settings
         # redis-py sends EVALSHA and loads the script again after NOSCRIPT (a restart).
         self._publish_batch = client.register_script(_PUBLISH_BATCH_LUA)
@@ -110,12 +112,15 @@ class EventStream:
     @timed("redis", "stream.publish")
     @validate_arguments
     async def publish(self, event: Event) -> str:
-        """XADD with MAXLEN ~; returns the entry id Redis assigned."""
+        """XADD with MAXLEN ~; returns the entry id Redis assigned. Multiplexed: the publishes
+        of many tasks at once share writes."""
         fields = _encode(event, self._config.max_json_bytes)
-        with translated_errors(f"publish to {self.name}"):
-            entry_id = await self._client.xadd(
-                self.name, fields, maxlen=self._config.stream_maxlen, approximate=True
-            )
+        entry_id = await self._redis.execute(
+            self._publishing,
+            *("XADD", self.name, "MAXLEN", "~", self._config.stream_maxlen, "*"),
+            *("event_type", fields["event_type"], "timestamp", fields["timestamp"]),
+            *("data", fields["data"]),
+        )
         return str(entry_id)
 
     @timed("redis", "stream.publish_batch")
@@ -134,7 +139,7 @@ class EventStream:
             args: list[EncodableT] = [self._config.stream_maxlen]
             for fields in encoded[start : start + PUBLISH_BATCH]:
                 args += (fields["event_type"], fields["timestamp"], fields["data"])
-            with translated_errors(f"publish to {self.name}"):
+            with translated_errors(self._publishing):
                 added = await self._publish_batch(keys=[self.name], args=args)
             ids += (str(entry_id) for entry_id in added)
         return ids

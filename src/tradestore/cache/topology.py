@@ -8,12 +8,14 @@ to a sentinel, or to the address one names, only once ``RedisSettings.tcp_check`
 the local stack's own process on that port.
 
 Any client of the primary takes its connections from here: ``primary_pool`` for redis-py
-(the cache store's pooled client), ``coredis_primary`` for coredis (the near cache).
+(the cache store's pooled client), ``multiplexer_connector`` for the auto-pipelining
+multiplexer (asking the pool's sentinels), ``coredis_primary`` for coredis (the near cache).
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple
 
 import coredis
@@ -32,7 +34,8 @@ from redis.asyncio.sentinel import (
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from tradestore.errors import TradestoreError, UntrustedServerError
+from tradestore.cache.multiplex import Connector, Transport
+from tradestore.errors import StoreUnavailableError, TradestoreError, UntrustedServerError
 from tradestore.peers import Check, GuardedCredentials
 from tradestore.settings import RedisSettings
 
@@ -227,6 +230,30 @@ def primary_pool(
     if path is None:
         return aioredis.BlockingConnectionPool(connection_class=classes.tcp, **arguments)
     return aioredis.BlockingConnectionPool(connection_class=classes.unix, path=path, **arguments)
+
+
+def multiplexer_connector(config: RedisSettings, pool: aioredis.ConnectionPool) -> Connector:
+    """How the multiplexer reaches the primary: the settings' Unix socket or address, or, when
+    ``pool`` follows sentinels, the (checked) address they name at each new connection."""
+    if isinstance(pool, SentinelConnectionPool):
+        sentinel = pool.sentinel_manager
+
+        async def to_primary(protocol: Callable[[], asyncio.Protocol]) -> Transport:
+            try:
+                host, port = await sentinel.discover_master(config.service_name)
+            except (MasterNotFoundError, RedisConnectionError) as error:
+                raise StoreUnavailableError(
+                    f"redis: no primary from the sentinels: {error}"
+                ) from None
+            return await asyncio.get_running_loop().create_connection(protocol, host, port)
+
+        return to_primary
+    arguments = config.connect_arguments()
+    path = arguments.get("unix_socket_path")
+    if path is not None:
+        return lambda protocol: asyncio.get_running_loop().create_unix_connection(protocol, path)
+    host, port = arguments["host"], arguments["port"]
+    return lambda protocol: asyncio.get_running_loop().create_connection(protocol, host, port)
 
 
 async def close_sentinels(pool: aioredis.ConnectionPool) -> None:
