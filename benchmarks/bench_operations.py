@@ -5,7 +5,8 @@ Run: ``.venv/bin/python -m benchmarks.bench_operations [--trades N] [--fill-mib 
 it), starting it if it is down, and prints figures only. PostgreSQL gets a filler table of
 ``--fill-mib`` so the backup figures are for a database of a known size (dropped afterwards);
 QuestDB gets one realistic day of ``--trades`` trades in a day partition that is still empty,
-which is then converted to Parquet.
+which is then converted to Parquet; each trader's rows are counted by the indexed filter and by
+its ``::string`` form, native and converted, with the median time of each.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import asyncio
 import json
 import os
 import random
+import statistics
 import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -45,6 +47,8 @@ TOKENS = 40
 CHUNK = 20_000
 SOL, USDC = str(Pubkey.new_unique()), str(Pubkey.new_unique())
 FILL = "bench_operations_fill"
+FILTERS = ("trader_id = $1", "trader_id::string = $1")
+"""The queries' symbol filter, and the form that bypasses the index (and any pruning)."""
 
 
 def realistic_day(day: datetime, count: int, seed: int = 7) -> list[Trade]:
@@ -96,6 +100,26 @@ async def _empty_day(settings: Settings) -> datetime:
     raise SystemExit("no empty day partition within the retention window")
 
 
+async def _per_trader(
+    settings: Settings, day: datetime, traders: list[str]
+) -> tuple[dict[str, dict[str, int]], dict[str, float]]:
+    """Each trader's trades of the day by each filter, and each filter's median time in ms."""
+    counts: dict[str, dict[str, int]] = {where: {} for where in FILTERS}
+    times: dict[str, list[float]] = {where: [] for where in FILTERS}
+    end = day + timedelta(days=1)
+    async with connection(settings) as conn:
+        for where in FILTERS:
+            query = (
+                f"SELECT count() n, sum(amount) amount FROM trades WHERE {where}"  # noqa: S608
+                f" AND timestamp >= '{day:%Y-%m-%d}' AND timestamp < '{end:%Y-%m-%d}'"
+            )
+            for trader in traders:
+                started = time.perf_counter()
+                counts[where][trader] = int(await conn.fetchval(query, trader))
+                times[where].append(time.perf_counter() - started)
+    return counts, {where: statistics.median(times[where]) * 1000 for where in FILTERS}
+
+
 async def compression(settings: Settings, count: int) -> dict[str, Any]:
     day = await _empty_day(settings)
     built = time.perf_counter()
@@ -116,6 +140,8 @@ async def compression(settings: Settings, count: int) -> dict[str, Any]:
         while int(before["n"]) < count:  # WAL apply catches up
             await asyncio.sleep(0.2)
             before = dict(await conn.fetchrow(check) or {})
+    traders = sorted({str(row.trader_id) for row in rows})
+    native_counts, native_ms = await _per_trader(settings, day, traders)
     result = await compress_partitions(settings, older_than_days=2, tables=[TRADES])
     [trades] = result.tables
     async with connection(settings) as conn:
@@ -124,6 +150,7 @@ async def compression(settings: Settings, count: int) -> dict[str, Any]:
             "SELECT parquetFileSize FROM table_partitions('trades') WHERE name = $1",
             f"{day:%Y-%m-%d}",
         )
+    parquet_counts, parquet_ms = await _per_trader(settings, day, traders)
     [ours] = [part for part in trades.partitions if part.name == f"{day:%Y-%m-%d}"]
     return {
         "day": ours.name,
@@ -135,6 +162,11 @@ async def compression(settings: Settings, count: int) -> dict[str, Any]:
         "ratio": round(ours.bytes_before / ours.bytes_after, 2),
         "convert_s": result.duration_s,
         "same_answers": before == after,
+        "filter_ms": {"native": native_ms, "parquet": parquet_ms},
+        "same_rows_per_trader": all(
+            counts == native_counts[FILTERS[0]]
+            for counts in (*native_counts.values(), *parquet_counts.values())
+        ),
     }
 
 
@@ -210,6 +242,13 @@ async def main() -> None:
         f" {qc['native_bytes'] / 2**20:.1f} MiB -> {qc['after_bytes'] / 2**20:.1f} MiB"
         f" ({qc['ratio']}x) in {qc['convert_s']:.1f} s; same answers: {qc['same_answers']}"
     )
+    for where in FILTERS:
+        native, parquet = qc["filter_ms"]["native"][where], qc["filter_ms"]["parquet"][where]
+        print(
+            f"  one trader's day, WHERE {where}: native {native:.1f} ms, Parquet {parquet:.1f} ms"
+        )
+    same = qc["same_rows_per_trader"]
+    print(f"  each trader's rows found by both filters, native and Parquet: {same}")
 
 
 if __name__ == "__main__":

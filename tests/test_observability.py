@@ -455,8 +455,13 @@ async def test_a_stopped_redis_shows_down_and_healthz_answers_503(
         assert (await asyncio.to_thread(_get, monitor.url + "/healthz"))[0] == 200
         os.kill(redis_pid, signal.SIGSTOP)
         try:
-            await asyncio.sleep(0.2)  # past the age at which a reading is reused
-            status, body = await asyncio.to_thread(_get, monitor.url + "/healthz")
+            # A reading taken before the stop may still be served for a refresh interval (a
+            # loaded machine runs that timer late): the answer must turn within a few probes.
+            deadline = time.monotonic() + 10 * quick.observability.probe_timeout_s
+            status, body = 200, ""
+            while status != 503 and time.monotonic() < deadline:
+                await asyncio.sleep(quick.observability.refresh_interval_s)
+                status, body = await asyncio.to_thread(_get, monitor.url + "/healthz")
         finally:
             os.kill(redis_pid, signal.SIGCONT)
         recovered = await wait_for(_healthy(monitor), True, timeout_s=15)
