@@ -280,50 +280,67 @@ async def test_killing_the_standby_under_read_load_fails_only_reads_in_flight(
     settings: Settings, standby: StandbyServer
 ) -> None:
     token = new_token()
-    async with RelationalStore.open(settings) as store:
-        await store.tokens.upsert(token)
-        assert await wait_for(lambda: visible_on_standby(standby, token.address), True)
-        killed = asyncio.Event()
-        failures: list[BaseException] = []
-        failed_after_kill: list[BaseException] = []
-        after_kill = [0] * READERS
-        deadline = time.monotonic() + 30
-
-        async def reader(index: int) -> None:
-            while time.monotonic() < deadline and after_kill[index] < 50:
-                started_after_kill = killed.is_set()
-                try:
-                    found = await store.tokens.get(token.address)
-                except StoreUnavailableError as error:
-                    (failed_after_kill if started_after_kill else failures).append(error)
-                    continue
-                assert found is not None
-                if started_after_kill:
-                    after_kill[index] += 1
-
-        readers = [asyncio.create_task(reader(index)) for index in range(READERS)]
-        await asyncio.sleep(0.3)
-        pid = standby.running_pid()
-        assert pid is not None
-        on_standby_before = store.read_pool_stats().size
-        await asyncio.to_thread(kill_server, pid)  # the readers keep reading meanwhile
-        killed.set()
-        await asyncio.gather(*readers)
-        print(
-            f"\n{len(failures)} reads failed while the standby died ({READERS} readers,"
-            f" {on_standby_before} connections to it); {len(failed_after_kill)} after"
-        )
-        # Each connection to the standby fails at most the one read it carries.
-        assert len(failures) <= on_standby_before, failures
-        assert failed_after_kill == [], "a read started once the standby was gone failed"
-        assert after_kill == [50] * READERS, "reads must go on, on the primary"
-        reads = Database(settings, reads=True)
-        try:
-            assert await reads.fetchval("SELECT pg_is_in_recovery()") is False
-        finally:
-            await reads.close()
-    await standby.up()  # crash recovery, then streaming again
+    try:
+        async with RelationalStore.open(settings) as store:
+            await store.tokens.upsert(token)
+            assert await wait_for(lambda: visible_on_standby(standby, token.address), True)
+            await read_while_the_standby_dies(store, settings, standby, token.address)
+    finally:
+        await standby.up()  # crash recovery, then streaming again (the next tests need it)
     assert await wait_for(lambda: visible_on_standby(standby, token.address), True)
+
+
+async def read_while_the_standby_dies(
+    store: RelationalStore, settings: Settings, standby: StandbyServer, address: str
+) -> None:
+    """Reads started before the kill fail at most once per connection to the standby; reads
+    started while its processes are being killed (one by one) may fail too, as a reconnect can
+    still reach the dying server; no read started once it is gone fails."""
+    killing, killed = asyncio.Event(), asyncio.Event()
+    failures: list[BaseException] = []
+    failed_while_killing: list[BaseException] = []
+    failed_after_kill: list[BaseException] = []
+    after_kill = [0] * READERS
+    deadline = time.monotonic() + 30
+
+    async def reader(index: int) -> None:
+        while time.monotonic() < deadline and after_kill[index] < 50:
+            started_after_kill, started_while_killing = killed.is_set(), killing.is_set()
+            try:
+                found = await store.tokens.get(address)
+            except StoreUnavailableError as error:
+                if started_after_kill:
+                    failed_after_kill.append(error)
+                else:
+                    (failed_while_killing if started_while_killing else failures).append(error)
+                continue
+            assert found is not None
+            if started_after_kill:
+                after_kill[index] += 1
+
+    readers = [asyncio.create_task(reader(index)) for index in range(READERS)]
+    await asyncio.sleep(0.3)
+    pid = standby.running_pid()
+    assert pid is not None
+    on_standby_before = store.read_pool_stats().size
+    killing.set()
+    await asyncio.to_thread(kill_server, pid)  # the readers keep reading meanwhile
+    killed.set()
+    await asyncio.gather(*readers)
+    print(
+        f"\n{len(failures)} reads failed while the standby died ({READERS} readers,"
+        f" {on_standby_before} connections to it), {len(failed_while_killing)} started while"
+        f" it was being killed, {len(failed_after_kill)} after"
+    )
+    # Each connection to the standby fails at most the one read it carries.
+    assert len(failures) <= on_standby_before, failures
+    assert failed_after_kill == [], "a read started once the standby was gone failed"
+    assert after_kill == [50] * READERS, "reads must go on, on the primary"
+    reads = Database(settings, reads=True)
+    try:
+        assert await reads.fetchval("SELECT pg_is_in_recovery()") is False
+    finally:
+        await reads.close()
 
 
 @pytest.mark.fault
