@@ -115,12 +115,14 @@ async def stack(test_stack_overrides: dict[str, Any]) -> AsyncIterator[LocalStac
     session started it."""
     local = LocalStack(Settings(**test_stack_overrides))
     was_running = all(server.running_pid() is not None for server in local.servers)
-    await local.up()
-    for apply_schema in (apply_postgres_schema, apply_questdb_schema, apply_redis_schema):
-        await apply_schema(local.settings)
-    yield local
-    if not was_running:
-        await local.down()
+    try:
+        await local.up()  # a failed up stops what it started
+        for apply_schema in (apply_postgres_schema, apply_questdb_schema, apply_redis_schema):
+            await apply_schema(local.settings)
+        yield local
+    finally:
+        if not was_running:
+            await local.down()
 
 
 @pytest.fixture(scope="session")

@@ -206,6 +206,8 @@ async def test_a_port_held_by_a_foreign_server_is_a_clear_error(fresh_stack: Loc
         assert f"pid {foreign.pid} (redis-server, listening)" in caught.value.reason
         assert caught.value.log_file == settings.data_dir / "redis" / "redis.log"
         assert fresh_stack.server("redis").running_pid() is None
+        running = [server.name for server in fresh_stack.servers if server.running_pid()]
+        assert running == [], "a start that fails stops the servers it started"
         await fresh_stack.down()
         assert foreign.returncode is None, "down must never stop a server the stack did not start"
     finally:

@@ -106,30 +106,35 @@ class LocalStack:
 
         Passwords are generated here, on the first ``up``, never by a command that only looks;
         so is the endpoints file that tells clients how to reach the servers. One process at a
-        time starts or stops a data directory's servers: another waits.
+        time starts or stops a data directory's servers: another waits. A start that fails
+        stops again every server it started (those already running are left running).
         """
         async with self._locked(on_event):
             self._configure(ensure_credentials(self.settings))
             record_endpoints(self.settings)
-            if not self.replicated:
-                await self._each(lambda s: s.up(), self.servers, on_event, "starting", "ready")
-                return
-            await self._up_replicated(on_event)
+            stopped = [server for server in self.servers if server.running_pid() is None]
+            try:
+                if self.replicated:
+                    await self._up_replicated(on_event)
+                else:
+                    await self._each(lambda s: s.up(), self.servers, on_event, "starting", "ready")
+            except BaseException:
+                # Followers first, as ``down`` does: a sentinel must not fail over meanwhile.
+                for group in (
+                    [server for server in stopped if server in self.followers],
+                    [server for server in stopped if server in self.leaders],
+                ):
+                    await asyncio.gather(*(s.down() for s in group), return_exceptions=True)
+                raise
 
     async def _up_replicated(self, on_event: ServerCallback) -> None:
         """The primaries first, then the PostgreSQL standby and the Redis replica, then the
-        sentinels (each Redis node asks them whom to follow, see ``stack.replica``); what this
-        start began of the followers is stopped again if it fails."""
+        sentinels (each Redis node asks them whom to follow, see ``stack.replica``)."""
         topology = self.redis_topology
-        stopped = [server for server in self.followers if server.running_pid() is None]
         copies = [server for server in self.followers if server not in topology.sentinels]
-        try:
-            await self._each(lambda s: s.up(), self.leaders, on_event, "starting", "ready")
-            await self._each(lambda s: s.up(), copies, on_event, "starting", "ready")
-            await self._each(lambda s: s.up(), topology.sentinels, on_event, "starting", "ready")
-        except BaseException:
-            await asyncio.gather(*(server.down() for server in stopped), return_exceptions=True)
-            raise
+        await self._each(lambda s: s.up(), self.leaders, on_event, "starting", "ready")
+        await self._each(lambda s: s.up(), copies, on_event, "starting", "ready")
+        await self._each(lambda s: s.up(), topology.sentinels, on_event, "starting", "ready")
 
     async def down(self, on_event: ServerCallback = _ignore) -> None:
         """Stop the servers this stack started; anything else is left alone.
