@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import os
 import re
+import shutil
 import stat
 import subprocess
 import sys
@@ -26,8 +27,9 @@ from tests.support import postgres
 from tradestore.errors import PortInUseError, PrerequisiteError
 from tradestore.settings import Role, Settings
 from tradestore.stack import LocalStack
-from tradestore.stack.postgres import cluster_root
-from tradestore.stack.process import port_is_free, running_as_root
+from tradestore.stack.credentials import ensure_credentials
+from tradestore.stack.postgres import PostgresServer, cluster_root, stop_cluster
+from tradestore.stack.process import pid_alive, port_is_free, running_as_root
 
 pytestmark = pytest.mark.lifecycle
 
@@ -256,3 +258,41 @@ async def test_a_missing_java_is_named(fresh_data_dir: Path) -> None:
     local = LocalStack(Settings(**overrides))
     with pytest.raises(PrerequisiteError, match="java not found"):
         await local.server("questdb").up()
+
+
+def empty_directory(path: Path) -> None:
+    for entry in path.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
+async def test_a_new_data_directory_at_a_used_path_gets_a_new_cluster(
+    fresh_data_dir: Path,
+) -> None:
+    """A data directory deleted while its server ran (a fresh clone in its place, say) leaves,
+    as root, a cluster under ~postgres that its new credentials cannot open: ``up`` stops and
+    replaces it instead of failing with "password authentication failed"."""
+    overrides = stack_overrides(fresh_data_dir, free_port_base())
+    old_settings = ensure_credentials(Settings(**overrides))
+    first = PostgresServer(old_settings)
+    await first.up()
+    old_pid = first.running_pid()
+    async with postgres(old_settings, "owner") as connection:
+        await connection.execute("CREATE TABLE from_the_old_directory (value int)")
+
+    empty_directory(fresh_data_dir)  # as `rm -rf` and a fresh clone would leave it
+
+    settings = ensure_credentials(Settings(**overrides))
+    second = PostgresServer(settings)
+    try:
+        await second.up()
+        assert old_pid is not None
+        assert not pid_alive(old_pid)
+        assert second.running_pid() not in (None, old_pid)
+        async with postgres(settings, "owner") as connection:
+            assert await connection.fetchval("SELECT to_regclass('from_the_old_directory')") is None
+    finally:
+        await second.down()
+        await stop_cluster(cluster_root(fresh_data_dir) / "data")

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import logging
 import os
 import pwd
 import shutil
@@ -58,6 +59,8 @@ from tradestore.stack.process import (
     wait_until_ready,
     write_private,
 )
+
+logger = logging.getLogger(__name__)
 
 NAME = "postgresql"
 SYSTEM_USER = "postgres"
@@ -447,6 +450,7 @@ class PostgresServer:
     async def up(self) -> None:
         """Start if stopped; restart a server running with an out-of-date configuration."""
         async with stack_lock(self.stack_dir):
+            await self._remove_orphaned_cluster()
             pid = self.running_pid()
             if pid is not None and not self._configured():
                 # Settings that take a restart (sockets, archiving, preloaded libraries): once,
@@ -465,6 +469,27 @@ class PostgresServer:
             await self._answers_as_app()
             # The stanza must exist before the first segment is archived, or WAL piles up.
             await self.backrest.ensure_stanza()
+
+    async def _remove_orphaned_cluster(self) -> None:
+        """As root: remove a cluster left under ~postgres by an earlier data directory at this
+        path (deleted by hand, or a fresh clone in its place), stopping its servers first.
+
+        The data directory's link is the cluster's claim on it: without the link, the cluster
+        was never this directory's, and its passwords went with the directory that made it, so
+        keeping it would only fail every connection with "password authentication failed".
+        """
+        if self.root == self.link or self.link.is_symlink() or self.link.exists():
+            return
+        if not self.root.exists():
+            return
+        for pid_file in sorted(self.root.glob("**/postmaster.pid")):
+            await stop_cluster(pid_file.parent)
+        logger.warning(
+            "removing %s: a PostgreSQL cluster left by an earlier data directory at %s",
+            self.root,
+            self.stack_dir,
+        )
+        shutil.rmtree(self.root)
 
     async def _start(self) -> None:
         if self.fence_file.exists():
