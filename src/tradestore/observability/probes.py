@@ -20,18 +20,19 @@ from typing import Any, Final, TypeVar
 from redis.exceptions import ResponseError
 
 from tradestore.cache.client import RedisConnections
+from tradestore.errors import StoreUnavailableError
 from tradestore.lifecycle import Lifecycle
 from tradestore.observability.readings import (
     CommandLatency,
     GroupLag,
     StatementStats,
     StoreHealth,
-    TableWal,
 )
 from tradestore.relational.pool import Database
 from tradestore.relational.replication import Replication, replication_state
 from tradestore.settings import Settings
 from tradestore.timeseries.connection import QueryPool
+from tradestore.timeseries.wal import WalTable, read_wal, sorted_wal
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -50,7 +51,6 @@ LIMIT $1
 """
 """The app role's own statements: it sees their text (others' would read ``<insufficient
 privilege>``), and they are every query tradestore makes."""
-WAL_SQL: Final = "SELECT name, suspended, writerTxn, sequencerTxn FROM wal_tables()"
 
 
 class Probes(Lifecycle):
@@ -221,36 +221,20 @@ class Probes(Lifecycle):
 
     # --- QuestDB ---------------------------------------------------------------------------
 
-    async def wal_tables(self) -> list[TableWal]:
+    async def wal_tables(self) -> list[WalTable]:
         if self._questdb is None:
             return []
         questdb = self._questdb
-        rows = await self._attempt("questdb wal_tables()", lambda: questdb.fetch(WAL_SQL))
-        return [
-            TableWal(
-                table=str(row["name"]),
-                writer_txn=int(row["writerTxn"]),
-                sequencer_txn=int(row["sequencerTxn"]),
-                suspended=bool(row["suspended"]),
-            )
-            for row in rows or ()
-        ]
+        return await self._attempt("questdb wal_tables()", lambda: sorted_wal(questdb)) or []
 
-    async def sequencer_txn(self, table: str) -> int:
-        """The table's last committed transaction (raises: the sampler gives up on failure)."""
+    async def table_wal(self, table: str) -> WalTable:
+        """One table's committed and applied transactions (raises: the sampler gives up on
+        failure)."""
         assert self._questdb is not None  # noqa: S101 - the sampler runs only with QuestDB
-        rows = await self._questdb.fetch(
-            "SELECT sequencerTxn FROM wal_tables() WHERE name = $1", table
-        )
-        return int(rows[0]["sequencerTxn"]) if rows else 0
-
-    async def writer_txn(self, table: str) -> int:
-        """The table's last applied (visible) transaction."""
-        assert self._questdb is not None  # noqa: S101 - the sampler runs only with QuestDB
-        rows = await self._questdb.fetch(
-            "SELECT writerTxn FROM wal_tables() WHERE name = $1", table
-        )
-        return int(rows[0]["writerTxn"]) if rows else 0
+        found = (await read_wal(self._questdb)).get(table)
+        if found is None:
+            raise StoreUnavailableError(f"QuestDB has no WAL table {table!r}")
+        return found
 
     async def questdb_metrics(self) -> str:
         """QuestDB's own Prometheus text (``metrics.enabled``), from its loopback min-HTTP port."""

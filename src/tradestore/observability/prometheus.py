@@ -234,8 +234,8 @@ def _writer(reading: Reading) -> Iterator[Metric]:
         labels=["table"],
     )
     for table in reading.wal:
-        lag.add_metric([table.table], table.lag_txns)
-        suspended.add_metric([table.table], int(table.suspended))
+        lag.add_metric([table.name], table.pending)
+        suspended.add_metric([table.name], int(table.suspended))
     yield lag
     yield suspended
 

@@ -8,6 +8,7 @@ from datetime import datetime
 
 from tradestore.observability.latency import LatencySummary, Store
 from tradestore.relational.replication import Replication
+from tradestore.timeseries.wal import WalTable
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,20 +90,6 @@ class GroupLag:
 
 
 @dataclass(frozen=True, slots=True)
-class TableWal:
-    """A QuestDB WAL table: transactions committed (sequencer) against applied (writer)."""
-
-    table: str
-    writer_txn: int
-    sequencer_txn: int
-    suspended: bool
-
-    @property
-    def lag_txns(self) -> int:
-        return max(0, self.sequencer_txn - self.writer_txn)
-
-
-@dataclass(frozen=True, slots=True)
 class CommandLatency:
     """Redis' own execution time of one command (``INFO latencystats``), in µs."""
 
@@ -153,7 +140,7 @@ class Reading:
     groups: tuple[GroupLag, ...] = ()
     dead_letters: tuple[tuple[str, int], ...] = ()
     """(dead-letter stream, its length)."""
-    wal: tuple[TableWal, ...] = ()
+    wal: tuple[WalTable, ...] = ()
     redis_commands: tuple[CommandLatency, ...] = ()
     statements: tuple[StatementStats, ...] = ()
     replica: Replication | None = None

@@ -85,8 +85,8 @@ def gauge_rows(at: datetime, reading: Reading) -> Iterator[Metric]:
         yield _metric(at, "stream_lost", group.lost, **labels)
         yield _metric(at, "stream_lag_alarm", int(group.alarm), **labels)
     for table in reading.wal:
-        labels = {"instance": instance, "table": table.table}
-        yield _metric(at, "wal_lag_txns", table.lag_txns, **labels)
+        labels = {"instance": instance, "table": table.name}
+        yield _metric(at, "wal_lag_txns", table.pending, **labels)
         yield _metric(at, "wal_suspended", int(table.suspended), **labels)
 
 

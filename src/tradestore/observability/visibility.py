@@ -59,8 +59,8 @@ class VisibilitySampler:
             stop_listening()
 
     async def _measure(self, table: str, first_row_ns: int) -> None:
-        target = await self._probes.sequencer_txn(table)
-        while await self._probes.writer_txn(table) < target:  # noqa: ASYNC110 - server state
+        target = (await self._probes.table_wal(table)).sequencer_txn
+        while (await self._probes.table_wal(table)).writer_txn < target:  # noqa: ASYNC110
             await asyncio.sleep(POLL_S)
         elapsed = time.perf_counter_ns() - first_row_ns
         self._registry.recorder("questdb", f"visible.{table}").record(elapsed)

@@ -22,6 +22,7 @@ from tradestore.operations.result import JobResult, Stopwatch
 from tradestore.settings import Settings
 from tradestore.timeseries.connection import UNREACHABLE, connection, failure
 from tradestore.timeseries.schema import TABLES, Table
+from tradestore.timeseries.wal import read_wal
 
 APPLY_TIMEOUT_S = 600.0
 _UNIT = {"DAY": timedelta(days=1), "HOUR": timedelta(hours=1)}
@@ -103,19 +104,16 @@ async def _sizes(conn: asyncpg.Connection, table: str) -> dict[str, int]:
 
 async def _wait_applied(conn: asyncpg.Connection, table: str) -> None:
     """Wait until the table's WAL writer caught up with everything sequenced so far."""
-    query = (
-        "SELECT writerTxn, sequencerTxn, suspended, errorMessage FROM wal_tables() WHERE name = $1"
-    )
-    row = await conn.fetchrow(query, table)
-    target = int(row["sequencerTxn"]) if row else 0
+    wal = (await read_wal(conn)).get(table)
+    target = wal.sequencer_txn if wal else 0
     deadline = time.monotonic() + APPLY_TIMEOUT_S
-    while row is not None and int(row["writerTxn"]) < target:
-        if row["suspended"]:
-            raise StoreUnavailableError(f"QuestDB suspended {table}: {row['errorMessage']}")
+    while wal is not None and wal.writer_txn < target:
+        if wal.suspended:
+            raise StoreUnavailableError(f"QuestDB suspended {table}: {wal.error}")
         if time.monotonic() > deadline:
             raise StoreUnavailableError(f"QuestDB did not apply the conversion of {table} in time")
         await asyncio.sleep(0.1)
-        row = await conn.fetchrow(query, table)
+        wal = (await read_wal(conn)).get(table)
 
 
 async def _convert(

@@ -111,8 +111,8 @@ async def wait_applied(audit: TimeSeriesAudit, timeout_s: float = WAL_TIMEOUT_S)
     deadline = time.monotonic() + timeout_s
     while True:
         states = await audit.wal_states()
-        suspended = [state.table for state in states if state.suspended]
-        behind = [state.table for state in states if not state.applied]
+        suspended = [state.name for state in states if state.suspended]
+        behind = [state.name for state in states if not state.applied]
         if suspended or not behind or time.monotonic() >= deadline:
             break
         await asyncio.sleep(WAL_POLL_S)

@@ -25,6 +25,7 @@ from tradestore.settings import QuestDBSettings, Settings
 from tradestore.stack.base import median_round_trip_ms
 from tradestore.stack.process import process_cmdline, run_command
 from tradestore.stack.spawn import SpawnedServer
+from tradestore.timeseries.wal import sorted_wal
 
 NAME = "questdb"
 QUESTDB_VERSION = "9.3.4"
@@ -123,9 +124,6 @@ def find_java(config: QuestDBSettings) -> tuple[Path, int]:
             f"Java {major} at {java} is too old: QuestDB {QUESTDB_VERSION} needs Java {MIN_JAVA}+",
         )
     return Path(java), major
-
-
-_SUSPENDED_TABLES = "SELECT name, errorMessage FROM wal_tables() WHERE suspended ORDER BY name"
 
 
 class QuestDBServer(SpawnedServer):
@@ -244,11 +242,11 @@ class QuestDBServer(SpawnedServer):
         until the cause is gone and the WAL is resumed (the writer does that by itself)."""
         connection = await self._connect()
         try:
-            rows = await connection.fetch(_SUSPENDED_TABLES)
+            tables = await sorted_wal(connection)
         finally:
             await connection.close()
         return [
-            f"table {row['name']}: WAL suspended"
-            + (f" ({row['errorMessage']})" if row["errorMessage"] else "")
-            for row in rows
+            f"table {table.name}: WAL suspended" + (f" ({table.error})" if table.error else "")
+            for table in tables
+            if table.suspended
         ]

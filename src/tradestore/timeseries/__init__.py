@@ -1,6 +1,6 @@
 """Time series on QuestDB: trades, positions, metrics and MEV events."""
 
-from tradestore.timeseries.audit import TimeSeriesAudit, WalState
+from tradestore.timeseries.audit import TimeSeriesAudit
 from tradestore.timeseries.queries import Interval, MevSummary, PnlBucket, TimeSeriesQueries
 from tradestore.timeseries.retention import enforce_retention
 from tradestore.timeseries.rows import TimeSeriesRow
@@ -20,7 +20,6 @@ __all__ = [
     "TimeSeriesRow",
     "TimeSeriesStore",
     "TimeSeriesWriter",
-    "WalState",
     "WalTable",
     "WriterStats",
     "apply_schema",

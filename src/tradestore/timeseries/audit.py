@@ -8,7 +8,6 @@ in ``wal_tables()``). An audit that reads before then would report rows missing 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
 from uuid import UUID
@@ -16,23 +15,10 @@ from uuid import UUID
 from tradestore.errors import FieldProblem, InvalidInputError
 from tradestore.models.base import UtcDatetime, validate_arguments
 from tradestore.timeseries.connection import QueryPool
+from tradestore.timeseries.wal import WalTable, sorted_wal
 
 IdTable = Literal["trades", "mev_events"]
 _ID_TABLES: frozenset[str] = frozenset(("trades", "mev_events"))
-
-
-@dataclass(frozen=True, slots=True)
-class WalState:
-    """One WAL table: transactions committed (sequencer) and applied (writer)."""
-
-    table: str
-    suspended: bool
-    writer_txn: int
-    sequencer_txn: int
-
-    @property
-    def applied(self) -> bool:
-        return self.writer_txn >= self.sequencer_txn
 
 
 class TimeSeriesAudit:
@@ -41,19 +27,8 @@ class TimeSeriesAudit:
     def __init__(self, pool: QueryPool) -> None:
         self._pool = pool
 
-    async def wal_states(self) -> list[WalState]:
-        rows = await self._pool.fetch(
-            "SELECT name, suspended, writerTxn, sequencerTxn FROM wal_tables() ORDER BY name"
-        )
-        return [
-            WalState(
-                table=str(row["name"]),
-                suspended=bool(row["suspended"]),
-                writer_txn=int(row["writerTxn"]),
-                sequencer_txn=int(row["sequencerTxn"]),
-            )
-            for row in rows
-        ]
+    async def wal_states(self) -> list[WalTable]:
+        return await sorted_wal(self._pool)
 
     @validate_arguments
     async def ids(

@@ -12,7 +12,7 @@ from tradestore.settings import Settings
 from tradestore.timeseries.audit import TimeSeriesAudit
 from tradestore.timeseries.connection import QueryPool
 from tradestore.timeseries.queries import TimeSeriesQueries
-from tradestore.timeseries.wal import WalTable, read_wal
+from tradestore.timeseries.wal import WalTable, sorted_wal
 from tradestore.timeseries.writer import TimeSeriesWriter
 
 
@@ -83,7 +83,7 @@ class TimeSeriesStore(Lifecycle):
         tables: tuple[WalTable, ...] = ()
         failure: str | None = None
         try:
-            tables = tuple(sorted((await read_wal(self._pool)).values(), key=lambda t: t.name))
+            tables = tuple(await sorted_wal(self._pool))
         except StoreUnavailableError as error:
             failure = str(error)
         return TimeSeriesHealth(

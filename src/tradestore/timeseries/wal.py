@@ -17,7 +17,9 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
+import asyncpg
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -58,10 +60,15 @@ class WalTable:
     @property
     def pending(self) -> int:
         """Transactions committed and not yet applied (invisible to queries)."""
-        return self.sequencer_txn - self.writer_txn
+        return max(0, self.sequencer_txn - self.writer_txn)
+
+    @property
+    def applied(self) -> bool:
+        """Whether queries see every transaction committed so far."""
+        return self.writer_txn >= self.sequencer_txn
 
 
-def _tables(rows: Sequence[Row]) -> dict[str, WalTable]:
+def _tables(rows: Sequence[Row] | Sequence[asyncpg.Record]) -> dict[str, WalTable]:
     return {
         row["name"]: WalTable(
             name=row["name"],
@@ -75,9 +82,19 @@ def _tables(rows: Sequence[Row]) -> dict[str, WalTable]:
     }
 
 
-async def read_wal(pool: QueryPool) -> dict[str, WalTable]:
-    """The WAL state of tradestore's four tables, by name."""
-    return _tables(await pool.fetch(_READ))
+class Fetches(Protocol):
+    """A QueryPool, or one driver connection (``stack status`` holds no pool)."""
+
+    async def fetch(self, query: str, /) -> Sequence[Row] | Sequence[asyncpg.Record]: ...
+
+
+async def read_wal(source: Fetches) -> dict[str, WalTable]:
+    """The WAL state of tradestore's four tables, by name: the one reader of ``wal_tables()``."""
+    return _tables(await source.fetch(_READ))
+
+
+async def sorted_wal(source: Fetches) -> list[WalTable]:
+    return sorted((await read_wal(source)).values(), key=lambda table: table.name)
 
 
 async def wal_tables(settings: Settings) -> list[WalTable]:
@@ -86,7 +103,7 @@ async def wal_tables(settings: Settings) -> list[WalTable]:
     QuestDB does not answer within the settings' timeouts."""
     pool = QueryPool(settings, size=1)
     try:
-        return sorted((await read_wal(pool)).values(), key=lambda table: table.name)
+        return await sorted_wal(pool)
     finally:
         await pool.close()
 
