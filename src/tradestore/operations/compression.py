@@ -5,6 +5,13 @@ queryable, takes late rows, can still be dropped by retention and goes back with
 Only whole partitions older than the configured age are converted, so the partitions being
 written keep their fast native format. On WAL tables the ALTER is applied asynchronously: the
 job waits until QuestDB applied it before measuring the sizes after.
+
+A conversion is checked, not trusted: QuestDB 9.3.4 reads a Parquet partition of a table whose
+column type was once altered by position, one column off (docs/timeseries.md), and converting it
+back does not repair it. So each converted partition is fingerprinted (over its first rows, per
+column: count and min/max, or total length for text) before and after; a difference, or a query
+the converted partitions can no longer answer, stops the job with CheckFailedError before any
+further table is touched.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
-from tradestore.errors import StoreUnavailableError
+from tradestore.errors import CheckFailedError, StoreUnavailableError
 from tradestore.operations.result import JobResult, Stopwatch
 from tradestore.settings import Settings
 from tradestore.timeseries.connection import UNREACHABLE, connection, failure
@@ -25,6 +32,8 @@ from tradestore.timeseries.schema import TABLES, Table
 from tradestore.timeseries.wal import read_wal
 
 APPLY_TIMEOUT_S = 600.0
+FINGERPRINT_ROWS = 100_000
+"""Rows of each converted partition compared before and after its conversion."""
 _UNIT = {"DAY": timedelta(days=1), "HOUR": timedelta(hours=1)}
 
 
@@ -86,15 +95,30 @@ def _cutoff(table: Table, now: datetime, days: int) -> datetime:
     return epoch + ((moment - epoch) // unit) * unit
 
 
+@dataclass(frozen=True, slots=True)
+class _Native:
+    """A native partition about to be converted."""
+
+    name: str
+    size: int
+    first: datetime
+    """Its earliest row's timestamp (naive UTC, as QuestDB answers)."""
+    last: datetime
+
+
 async def _native_partitions_before(
     conn: asyncpg.Connection, table: str, cutoff: datetime
-) -> dict[str, int]:
+) -> list[_Native]:
     rows = await conn.fetch(
-        f"SELECT name, diskSize, maxTimestamp FROM table_partitions('{table}')"  # noqa: S608 - a known table
-        " WHERE NOT isParquet"
+        f"SELECT name, diskSize, minTimestamp, maxTimestamp FROM table_partitions('{table}')"  # noqa: S608 - a known table
+        " WHERE NOT isParquet ORDER BY minTimestamp"
     )
     naive_cutoff = cutoff.replace(tzinfo=None)  # QuestDB returns UTC instants without a zone
-    return {row["name"]: int(row["diskSize"]) for row in rows if row["maxTimestamp"] < naive_cutoff}
+    return [
+        _Native(row["name"], int(row["diskSize"]), row["minTimestamp"], row["maxTimestamp"])
+        for row in rows
+        if row["maxTimestamp"] < naive_cutoff
+    ]
 
 
 async def _sizes(conn: asyncpg.Connection, table: str) -> dict[str, int]:
@@ -102,18 +126,87 @@ async def _sizes(conn: asyncpg.Connection, table: str) -> dict[str, int]:
     return {row["name"]: int(row["diskSize"]) for row in rows}
 
 
-async def _wait_applied(conn: asyncpg.Connection, table: str) -> None:
-    """Wait until the table's WAL writer caught up with everything sequenced so far."""
-    wal = (await read_wal(conn)).get(table)
-    target = wal.sequencer_txn if wal else 0
+async def _parquet_partitions(conn: asyncpg.Connection, table: str) -> set[str]:
+    rows = await conn.fetch(
+        f"SELECT name FROM table_partitions('{table}') WHERE isParquet"  # noqa: S608 - a known table
+    )
+    return {row["name"] for row in rows}
+
+
+async def _wait_converted(conn: asyncpg.Connection, table: str, partitions: set[str]) -> None:
+    """Wait until every partition reads as Parquet. Not until the WAL's writer caught up with
+    its sequencer: that can show caught up before the ALTER is applied (seen on 9.3.4), and
+    the answers checked then would be the native partition's."""
     deadline = time.monotonic() + APPLY_TIMEOUT_S
-    while wal is not None and wal.writer_txn < target:
-        if wal.suspended:
+    while not partitions <= await _parquet_partitions(conn, table):
+        wal = (await read_wal(conn)).get(table)
+        if wal is not None and wal.suspended:
             raise StoreUnavailableError(f"QuestDB suspended {table}: {wal.error}")
         if time.monotonic() > deadline:
             raise StoreUnavailableError(f"QuestDB did not apply the conversion of {table} in time")
         await asyncio.sleep(0.1)
-        wal = (await read_wal(conn)).get(table)
+
+
+def _fingerprint_sql(table: Table, partition: _Native) -> str:
+    """One row that changes when any column's values move, over a partition's first
+    ``FINGERPRINT_ROWS`` rows (a shifted column is wrong in every row, so a sample shows it, at
+    a bounded cost). Exact aggregates only: a float sum depends on the order QuestDB adds in,
+    which differs between the two formats."""
+    parts = ["count() AS rows"]
+    for index, (name, kind) in enumerate(table.columns):
+        if kind == "BOOLEAN":
+            parts.append(f"sum(CASE WHEN {name} THEN 1 ELSE 0 END) AS c{index}")
+        elif kind.startswith(("SYMBOL", "STRING", "VARCHAR")):
+            parts += [f"count({name}) AS c{index}", f"sum(length({name})) AS l{index}"]
+        elif kind == "UUID":
+            parts.append(f"count({name}) AS c{index}")
+        else:  # numbers, decimals, timestamps
+            parts += [f"min({name}) AS n{index}", f"max({name}) AS x{index}"]
+    first, last = (
+        moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ") for moment in (partition.first, partition.last)
+    )
+    sample = (
+        f"SELECT * FROM {table.name} WHERE timestamp BETWEEN '{first}' AND '{last}'"  # noqa: S608 - schema names, timestamps QuestDB gave
+        f" LIMIT {FINGERPRINT_ROWS}"
+    )
+    return f"SELECT {', '.join(parts)} FROM ({sample})"  # noqa: S608 - names from the schema
+
+
+async def _fingerprints(
+    conn: asyncpg.Connection, table: Table, partitions: list[_Native]
+) -> dict[str, dict[str, object]]:
+    found: dict[str, dict[str, object]] = {}
+    for partition in partitions:
+        row = await conn.fetchrow(_fingerprint_sql(table, partition))
+        found[partition.name] = dict(row) if row is not None else {}
+    return found
+
+
+async def _check_answers(
+    conn: asyncpg.Connection,
+    table: Table,
+    partitions: list[_Native],
+    expected: dict[str, dict[str, object]],
+) -> None:
+    try:
+        found = await _fingerprints(conn, table, partitions)
+        problems = [
+            f"{partition}: {key} {value!r} before, {found[partition].get(key)!r} after"
+            for partition, values in expected.items()
+            for key, value in values.items()
+            if found[partition].get(key) != value
+        ]
+    except asyncpg.PostgresError as error:  # a converted column QuestDB can no longer decode
+        problems = [f"the converted partitions fail a query: {error}"]
+    if problems:
+        raise CheckFailedError(
+            f"compression of {table.name}",
+            [
+                *problems,
+                "QuestDB answers differently from Parquet: restore these partitions from a "
+                "snapshot (docs/operations.md) and convert no more of this table",
+            ],
+        )
 
 
 async def _convert(
@@ -123,14 +216,19 @@ async def _convert(
     if not before:
         return None
     literal = cutoff.strftime("%Y-%m-%dT%H:%M:%S.%fZ")  # made here from a datetime: safe
+    expected = await _fingerprints(conn, table, before)
     await conn.execute(
         f"ALTER TABLE {table.name} CONVERT PARTITION TO PARQUET WHERE timestamp < '{literal}'"
     )
-    await _wait_applied(conn, table.name)
+    await _wait_converted(conn, table.name, {partition.name for partition in before})
+    await _check_answers(conn, table, before, expected)
     after = await _sizes(conn, table.name)
     return TableCompression(
         table.name,
-        [PartitionSize(name, size, after.get(name, 0)) for name, size in sorted(before.items())],
+        [
+            PartitionSize(partition.name, partition.size, after.get(partition.name, 0))
+            for partition in sorted(before, key=lambda partition: partition.name)
+        ],
     )
 
 
