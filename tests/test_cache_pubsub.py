@@ -6,7 +6,6 @@ import asyncio
 import itertools
 import time
 import uuid
-from collections import Counter
 
 import pytest
 import redis.asyncio as aioredis
@@ -38,33 +37,33 @@ async def test_ten_hz_under_one_khz_input_latest_value_wins(
     listener = asyncio.create_task(collect(cache, channels, received))
     is_subscribed = await wait_for(lambda: subscribed(redis_admin, channels), True, 2.0)
     assert is_subscribed, "the subscriber never subscribed"
-    offered = 0
+    offer_times: list[float] = []
     async with cache.publisher() as publisher:
         start = time.monotonic()
         next_offer = start
         while (now := time.monotonic()) < start + RUN_S:
             for channel in channels:
-                publisher.offer(channel, f"{channel}:{offered}")
-            offered += 1
+                publisher.offer(channel, f"{channel}:{len(offer_times)}")
+            offer_times.append(now)
             next_offer += 0.001
             await asyncio.sleep(max(0.0, next_offer - now))
-        last = offered - 1
+        last = len(offer_times) - 1
         await asyncio.sleep(0.25)  # one more tick carries the last values
     listener.cancel()
     await asyncio.gather(listener, return_exceptions=True)
 
-    assert offered / RUN_S > 800  # the input really ran near 1 kHz per channel
+    # Judged by when each published value was offered, not by when it arrived: a loaded
+    # machine delays deliveries (two may arrive together) but not the publisher's schedule.
+    ticks = RUN_S * 10
+    assert len(offer_times) > 10 * ticks, "the input must outrun 10 Hz for coalescing to show"
     for channel in channels:
-        times = [at for at, message in received if message.channel == channel]
-        per_second = Counter(int(at - start) for at in times if at - start < RUN_S)
-        assert sorted(per_second) == list(range(int(RUN_S)))
-        assert all(9 <= count <= 11 for count in per_second.values()), per_second
-        gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
-        assert min(gaps) > 0.05, "two messages of one channel within half a period"
         values = [message.data for _, message in received if message.channel == channel]
-        assert values[-1] == f"{channel}:{last}"
         sequence = [int(value.rsplit(":", 1)[1]) for value in values]
-        assert sequence == sorted(sequence)
+        assert sequence[-1] == last, "the latest value must win"
+        assert sequence == sorted(set(sequence)), "each value at most once, in order"
+        assert ticks / 2 <= len(sequence) <= ticks + 2, len(sequence)
+        gaps = [offer_times[b] - offer_times[a] for a, b in itertools.pairwise(sequence)]
+        assert min(gaps) > 0.05, "two values offered within half a period were both sent"
 
 
 def test_offering_outside_the_context_is_refused(cache: CacheStore) -> None:
