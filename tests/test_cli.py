@@ -12,14 +12,14 @@ import redis.asyncio as aioredis
 from tests.support import APP_TABLES, cli_env, postgres, scratch_database, tradestore
 from tests.timeseries_support import fetch
 from tradestore.relational.migrate import MIGRATIONS_DIR
-from tradestore.settings import Settings
+from tradestore.settings import ROLES, Settings
 from tradestore.stack import LocalStack
 from tradestore.timeseries.schema import LEDGER, STEPS, TABLES
 
 
 def secrets_of(settings: Settings) -> list[str]:
     return [settings.redis.secret(), settings.redis.admin_secret(), settings.questdb.secret()] + [
-        settings.postgres.credentials(role)[1] for role in ("app", "owner", "superuser")
+        settings.postgres.credentials(role)[1] for role in ROLES
     ]
 
 

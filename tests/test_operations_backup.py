@@ -34,7 +34,7 @@ from tradestore.operations import (
 )
 from tradestore.operations.backup import superuser_connection
 from tradestore.relational import apply_schema
-from tradestore.settings import Settings
+from tradestore.settings import ROLES, Settings
 from tradestore.stack import LocalStack
 from tradestore.stack.credentials import ensure_credentials
 from tradestore.stack.postgres import SYSTEM_USER, PostgresServer, as_cluster_owner, pg_bin
@@ -299,7 +299,7 @@ async def test_a_cluster_made_before_archiving_gains_it_and_restores_in_place(
         async with superuser_connection(own) as conn:
             assert await conn.fetchval("SHOW archive_mode") == "on"
         log = server.log_file.read_text()
-        for role in ("app", "owner", "superuser"):
+        for role in ROLES:
             assert own.postgres.credentials(role)[1] not in log
     finally:
         await server.down()

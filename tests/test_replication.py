@@ -157,6 +157,16 @@ async def test_a_row_written_on_the_primary_is_replayed_on_the_standby(
     print(f"\nreplayed on the standby after {(time.perf_counter() - started) * 1000:.1f} ms")
 
 
+def test_the_standby_streams_as_the_replication_role(
+    settings: Settings, standby: StandbyServer
+) -> None:
+    """pg_basebackup -R keeps the connection's user and password in the copy's
+    postgresql.auto.conf: the replication role's, never the superuser's."""
+    conninfo = (standby.data_dir / "postgresql.auto.conf").read_text()
+    assert f"user={settings.postgres.replication_user}" in conninfo
+    assert settings.postgres.credentials("superuser")[1] not in conninfo
+
+
 async def test_reads_go_to_the_standby_and_read_your_writes_to_the_primary(
     settings: Settings, standby: StandbyServer
 ) -> None:

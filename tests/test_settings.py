@@ -15,6 +15,7 @@ from pydantic.fields import FieldInfo
 
 from tradestore.errors import ConfigError
 from tradestore.settings import (
+    ROLES,
     ObservabilitySettings,
     OperationsSettings,
     PostgresSettings,
@@ -77,15 +78,15 @@ def test_generated_credentials_are_private_stable_and_complete(tmp_path: Path) -
     assert path.stat().st_mode & 0o777 == 0o600
     second = ensure_credentials(Settings(data_dir=tmp_path))
     assert first.redis.secret() == second.redis.secret()
-    for role in ("app", "owner", "superuser"):
+    for role in ROLES:
         _user, password = second.postgres.credentials(role)
         assert len(password) >= 24
     passwords = {
         second.redis.secret(),
         second.redis.admin_secret(),
         second.questdb.secret(),
-    } | {second.postgres.credentials(role)[1] for role in ("app", "owner", "superuser")}
-    assert len(passwords) == 6, "every role gets its own password"
+    } | {second.postgres.credentials(role)[1] for role in ROLES}
+    assert len(passwords) == 7, "every role gets its own password"
 
 
 def test_an_older_credentials_file_gains_only_the_missing_passwords(tmp_path: Path) -> None:
@@ -99,7 +100,9 @@ def test_an_older_credentials_file_gains_only_the_missing_passwords(tmp_path: Pa
     settings = ensure_credentials(Settings(data_dir=tmp_path))
     stored = json.loads(path.read_text())
     admin = stored["redis"].pop("admin_password")
+    replication = stored["postgres"].pop("replication_password")
     assert stored == older, "a password already given is never replaced"
+    assert len(replication) >= 24
     assert len(admin) >= 24
     assert settings.redis.admin_secret() == admin
     assert settings.redis.secret() == "r"
@@ -110,7 +113,7 @@ def test_an_older_credentials_file_gains_only_the_missing_passwords(tmp_path: Pa
 def test_secrets_never_show_in_repr_dump_or_dsn(tmp_path: Path) -> None:
     settings = ensure_credentials(Settings(data_dir=tmp_path))
     secrets = [settings.redis.secret(), settings.questdb.secret()] + [
-        settings.postgres.credentials(role)[1] for role in ("app", "owner", "superuser")
+        settings.postgres.credentials(role)[1] for role in ROLES
     ]
     shown = "\n".join(
         [

@@ -158,6 +158,13 @@ async def test_each_server_answers_only_with_the_generated_credentials(
         await asyncpg.connect(
             **settings.postgres.connect_arguments() | {"password": "wrong"},
         )
+    async with postgres(settings, "superuser", "postgres") as admin:
+        replication = await admin.fetchrow(
+            "SELECT rolcanlogin, rolreplication, rolsuper FROM pg_roles WHERE rolname = $1",
+            settings.postgres.replication_user,
+        )
+    assert replication is not None
+    assert tuple(replication) == (True, True, False), "streams a copy; no superuser"
 
     async with aioredis.Redis(**settings.redis.connect_arguments()) as client:
         await client.set("price:lifecycle-probe", "1", px=1000)

@@ -37,7 +37,7 @@ from tradestore.models import Metric
 from tradestore.peers import current_user
 from tradestore.relational import RelationalStore
 from tradestore.relational.migrate import apply_migrations, migration_status
-from tradestore.settings import Settings
+from tradestore.settings import ROLES, Settings
 from tradestore.stack import LocalStack
 from tradestore.stack.credentials import ensure_credentials
 from tradestore.stack.endpoints import record_endpoints
@@ -81,7 +81,7 @@ def secrets_of(settings: Settings) -> list[bytes]:
     qdb = settings.questdb
     basic = base64.b64encode(f"{qdb.user}:{qdb.secret()}".encode())
     passwords = [settings.redis.secret(), settings.redis.admin_secret(), qdb.secret()]
-    passwords += [settings.postgres.credentials(role)[1] for role in ("app", "owner", "superuser")]
+    passwords += [settings.postgres.credentials(role)[1] for role in ROLES]
     return [password.encode() for password in passwords] + [basic]
 
 

@@ -30,7 +30,7 @@ import socket
 from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, Self
+from typing import Annotated, Any, ClassVar, Literal, Self, get_args
 from urllib.parse import quote
 
 from pydantic import (
@@ -81,7 +81,9 @@ NODE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
 NodeId = Annotated[str, StringConstraints(pattern=NODE_ID_PATTERN)]
 _NODE_ID: TypeAdapter[str] = TypeAdapter(NodeId)
 
-Role = Literal["app", "owner", "superuser"]
+Role = Literal["app", "owner", "superuser", "replication"]
+ROLES: tuple[Role, ...] = get_args(Role)
+"""Every PostgreSQL role of the stack, each with its own password."""
 Topology = Literal["single", "replicated"]
 Port = int
 Seconds = float
@@ -171,7 +173,9 @@ class SocketSettings(StoreSettings):
 
 
 class PostgresSettings(SocketSettings):
-    """PostgreSQL: a superuser for the stack, an owner role that migrates, an app role for data."""
+    """PostgreSQL: a superuser for the stack, an owner role that migrates, an app role for data,
+    and a replication role that a standby streams with (so its copy of the connection string
+    holds no superuser's password)."""
 
     socket_template: ClassVar[str] = ".s.PGSQL.{port}"
     port: Port = _port(25432)
@@ -182,6 +186,8 @@ class PostgresSettings(SocketSettings):
     owner_password: SecretStr | None = None
     app_user: str = "tradestore_app"
     app_password: SecretStr | None = None
+    replication_user: str = "tradestore_replication"
+    replication_password: SecretStr | None = None
     pool_min_size: int = Field(default=5, ge=0)
     pool_max_size: int = Field(default=20, ge=1)
     connect_timeout_s: Seconds = Field(default=3.0, gt=0)
@@ -220,7 +226,12 @@ class PostgresSettings(SocketSettings):
         return self
 
     def user(self, role: Role = "app") -> str:
-        return {"app": self.app_user, "owner": self.owner_user, "superuser": self.superuser}[role]
+        return {
+            "app": self.app_user,
+            "owner": self.owner_user,
+            "superuser": self.superuser,
+            "replication": self.replication_user,
+        }[role]
 
     def credentials(self, role: Role = "app") -> tuple[str, str]:
         """User name and password of one role; raises ConfigError when the password is unknown."""
@@ -228,6 +239,7 @@ class PostgresSettings(SocketSettings):
             "app": self.app_password,
             "owner": self.owner_password,
             "superuser": self.superuser_password,
+            "replication": self.replication_password,
         }[role]
         user = self.user(role)
         return user, _secret_value(secret, f"PostgreSQL role {user}")

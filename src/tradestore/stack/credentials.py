@@ -33,6 +33,7 @@ def _passwords(settings: Settings) -> dict[str, dict[str, SecretStr | None]]:
             "superuser_password": settings.postgres.superuser_password,
             "owner_password": settings.postgres.owner_password,
             "app_password": settings.postgres.app_password,
+            "replication_password": settings.postgres.replication_password,
         },
         "redis": {
             "password": settings.redis.password,

@@ -74,7 +74,7 @@ HBA = (
     "local all all scram-sha-256\n"
     "host all all 127.0.0.1/32 scram-sha-256\n"
     "host all all ::1/128 scram-sha-256\n"
-    "# A standby's copy and its stream (roles with REPLICATION: the superuser), socket only.\n"
+    "# A standby's copy and its stream (roles with REPLICATION), socket only.\n"
     "local replication all scram-sha-256\n"
 )
 FENCE_FILE = "fenced"
@@ -387,15 +387,21 @@ class PostgresServer:
         admin = await self._connect("superuser", database="postgres")
         try:
             await require_promoted(admin)
-            roles: tuple[Role, ...] = ("owner", "app")
-            for role in roles:
+            privileges: dict[Role, str] = {
+                "owner": "LOGIN",
+                "app": "LOGIN",
+                "replication": "LOGIN REPLICATION",  # streams and copies the cluster, no more
+            }
+            for role, privilege in privileges.items():
                 user, password = self.config.credentials(role)
                 exists = await admin.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", user)
                 statement = await admin.fetchval(
-                    "SELECT format('%s ROLE %I LOGIN PASSWORD %L', $1::text, $2::text, $3::text)",
+                    "SELECT format('%s ROLE %I ' || $4::text || ' PASSWORD %L',"
+                    " $1::text, $2::text, $3::text)",
                     "ALTER" if exists else "CREATE",
                     user,
                     password,
+                    privilege,
                 )
                 await admin.execute(statement)
             if not await admin.fetchval(

@@ -148,7 +148,9 @@ class StandbyServer:
         if running_as_root():
             chown_tree(self.root, *system_user_ids(SYSTEM_USER))
         primary = self.primary.config
-        user, password = primary.credentials("superuser")
+        # -R writes the user and password into the copy's postgresql.auto.conf (0600, the
+        # postgres user's): the replication role's, which can read the cluster but change nothing.
+        user, password = primary.credentials("replication")
         try:
             await run_command(
                 NAME,
