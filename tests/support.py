@@ -7,8 +7,10 @@ Registered as a pytest plugin in ``conftest.py``, so its fixtures reach every te
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
+import signal
 import socket
 import subprocess
 import sys
@@ -129,3 +131,21 @@ async def wait_for(
         await asyncio.sleep(0.05)
         value = await probe()
     return value
+
+
+def freeze(pid: int, timeout_s: float = 5.0) -> None:
+    """SIGSTOP, returning once every thread of the process is stopped: a JVM's thread that is
+    running on the other core when the signal lands can still answer one more request."""
+    os.kill(pid, signal.SIGSTOP)
+    deadline = time.monotonic() + timeout_s
+    tasks = Path(f"/proc/{pid}/task")
+    while True:
+        states = []
+        for stat in tasks.glob("*/stat"):
+            with contextlib.suppress(OSError):  # a thread that ended meanwhile
+                states.append(stat.read_text().rsplit(")", 1)[1].split()[0])
+        if states and all(state in "Tt" for state in states):
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"process {pid} not stopped after {timeout_s} s: {states}")
+        time.sleep(0.001)

@@ -18,6 +18,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from tests.cache_support import token
+from tests.support import freeze
 from tradestore.cache import CacheStore
 from tradestore.errors import (
     ConfigError,
@@ -163,7 +164,7 @@ async def test_a_stopped_redis_times_out_typed_then_recovers(
     async with CacheStore.open(quick) as cache:
         prices = cache.prices
         await prices.set_price(mint, Decimal("7.25"))
-        os.kill(redis_pid, signal.SIGSTOP)
+        freeze(redis_pid)
         try:
             started = time.monotonic()
             outcomes = await asyncio.gather(

@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 
 import tradestore
 from tests.cache_support import token
-from tests.support import TRADESTORE, cli_env, closed_port, wait_for
+from tests.support import TRADESTORE, cli_env, closed_port, freeze, wait_for
 from tests.timeseries_support import make_trades, wait_applied
 from tradestore.cache import CacheStore
 from tradestore.cli.main import app
@@ -453,7 +453,7 @@ async def test_a_stopped_redis_shows_down_and_healthz_answers_503(
     async with CacheStore.open(quick) as cache, Monitor(quick, cache=cache) as monitor:
         assert monitor.url is not None
         assert (await asyncio.to_thread(_get, monitor.url + "/healthz"))[0] == 200
-        os.kill(redis_pid, signal.SIGSTOP)
+        freeze(redis_pid)
         try:
             # A reading taken before the stop may still be served for a refresh interval (a
             # loaded machine runs that timer late): the answer must turn within a few probes.

@@ -25,7 +25,7 @@ import pytest_asyncio
 
 from tests.cache_support import token
 from tests.conftest import REPLICATED_SPAN, REPO, free_port_base, replicated_overrides
-from tests.support import cli_env, tradestore, wait_until
+from tests.support import cli_env, freeze, tradestore, wait_until
 from tests.test_stack_sockets import squatting
 from tradestore.cache import CacheStore, Message
 from tradestore.errors import PortInUseError, StoreUnavailableError, UntrustedServerError
@@ -281,7 +281,7 @@ async def test_the_near_cache_leaves_a_hung_primary_once_the_sentinels_move_on(
         assert cache.near.peek_price(mint) == Decimal("1.5")
         pid = primary.running_pid()
         assert pid is not None
-        os.kill(pid, signal.SIGSTOP)
+        freeze(pid)
         stopped = time.monotonic()
         try:
             await moved_on(replicated, primary)

@@ -18,7 +18,7 @@ import pytest
 import pytest_asyncio
 from solders.pubkey import Pubkey
 
-from tests.support import postgres, wait_for, wait_until
+from tests.support import freeze, postgres, wait_for, wait_until
 from tradestore.errors import ConfigError, InvalidInputError, StoreUnavailableError
 from tradestore.models import TokenInfo, TraderConfig
 from tradestore.models.base import TradingMode
@@ -98,7 +98,7 @@ async def test_this_process_reads_its_own_writes_at_once(cached: RelationalStore
     assert trader.id in cache.traders.entries
     listener = cache.backend_pid
     assert listener is not None
-    os.kill(listener, signal.SIGSTOP)
+    freeze(listener)
     try:
         renamed = await cached.tokens.upsert(token.model_copy(update={"symbol": "MINE"}))
         assert await cached.tokens.get(token.address) == renamed

@@ -20,7 +20,7 @@ import pytest
 import pytest_asyncio
 
 from tests.conftest import REPO, port_base
-from tests.support import cli_env, tradestore, wait_for, wait_until
+from tests.support import cli_env, freeze, tradestore, wait_for, wait_until
 from tests.timeseries_support import make_trades, trade_counts
 from tradestore.errors import StoreUnavailableError
 from tradestore.settings import Settings
@@ -67,7 +67,7 @@ async def test_a_stopped_questdb_fails_queries_connects_and_closes_within_the_ti
     await store.start()
     now = datetime.now(UTC)
     await store.queries.last_trades(uuid4())
-    os.kill(pid, signal.SIGSTOP)
+    freeze(pid)
     try:
         assert await bounded(lambda: store.queries.last_trades(uuid4())) < TIMEOUT_S + SLACK_S
         assert await bounded(lambda: store.queries.mev_summary(now, now)) < TIMEOUT_S + SLACK_S
