@@ -11,6 +11,7 @@ Prints figures; asserts nothing about speed. Measures the local stack of ``./run
   connection is seen.
 
     .venv/bin/python -m benchmarks.bench_reads [--samples 200] [--seconds 6] [--gc-freeze]
+        [--rows-only]
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ import argparse
 import asyncio
 import gc
 import os
+import statistics
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC
 from typing import Any
 
@@ -46,42 +49,91 @@ Call = Callable[[], Awaitable[object]]
 
 
 class _Collections:
-    """Garbage collections per generation while one variant runs (gc.callbacks)."""
+    """Garbage collections per variant and generation, and the time each took (gc.callbacks)."""
 
     def __init__(self) -> None:
         self.current = ""
         self.counts: Counter[tuple[str, int]] = Counter()
+        self.milliseconds: defaultdict[tuple[str, int], float] = defaultdict(float)
+        self.in_call = (0.0, 0.0)
+        """Wall and CPU time spent collecting during the call running now, in ms."""
+        self._started = (0.0, 0.0)
         gc.callbacks.append(self._seen)
 
     def _seen(self, phase: str, info: dict[str, Any]) -> None:
-        if phase == "start" and self.current:
-            self.counts[(self.current, info["generation"])] += 1
+        if not self.current:
+            return
+        if phase == "start":
+            self._started = (time.perf_counter(), time.thread_time())
+            return
+        took = (time.perf_counter() - self._started[0]) * 1000
+        cpu = (time.thread_time() - self._started[1]) * 1000
+        self.in_call = (self.in_call[0] + took, self.in_call[1] + cpu)
+        self.counts[(self.current, info["generation"])] += 1
+        self.milliseconds[(self.current, info["generation"])] += took
+
+    def close(self) -> None:
+        gc.callbacks.remove(self._seen)
 
     def of(self, name: str) -> str:
         return "/".join(str(self.counts[(name, generation)]) for generation in range(3))
 
+    def full(self, name: str) -> str:
+        """Full collections of a variant: how many, and the mean time of one."""
+        count = self.counts[(name, 2)]
+        return f"{count} x {self.milliseconds[(name, 2)] / count:.0f} ms" if count else "none"
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    wall_ms: float
+    cpu_ms: float
+    """This thread's CPU time: what the call cost the process, GC included."""
+    gc_ms: float
+    gc_cpu_ms: float
+
+
+def _tail(calls: list[_Call], p99: float) -> str:
+    """Where the calls at or above the p99 spent their time: collecting garbage (its CPU time
+    apart), this process's other CPU work, and off CPU (waiting for the server, or for a core
+    the scheduler gave to another process)."""
+    slow = [call for call in calls if call.wall_ms >= p99]
+    wall, cpu, collecting, collecting_cpu = (
+        statistics.fmean(getattr(call, part) for call in slow)
+        for part in ("wall_ms", "cpu_ms", "gc_ms", "gc_cpu_ms")
+    )
+    return (
+        f"{len(slow)} calls >= p99, mean {wall:.1f} ms: in GC {collecting:.1f} (CPU"
+        f" {collecting_cpu:.1f}), other CPU {cpu - collecting_cpu:.1f}, off CPU {wall - cpu:.1f}"
+    )
+
 
 async def _interleaved(variants: dict[str, Call], samples: int) -> None:
-    """Each variant once per round, in rotating order; p50/p99 and collections per variant."""
+    """Each variant once per round, in rotating order; p50/p99, collections per variant, and
+    where the slowest calls spent their time."""
     collections = _Collections()
-    latencies: dict[str, list[float]] = {name: [] for name in variants}
+    calls: dict[str, list[_Call]] = {name: [] for name in variants}
     names = list(variants)
     for call in variants.values():
         await call()  # warm-up: statements prepared, codecs loaded
     for turn in range(samples):
         for name in names[turn % len(names) :] + names[: turn % len(names)]:
-            collections.current = name
-            started = time.perf_counter()
+            collections.current, collections.in_call = name, (0.0, 0.0)
+            cpu, started = time.thread_time(), time.perf_counter()
             await variants[name]()
-            latencies[name].append((time.perf_counter() - started) * 1000)
+            wall = (time.perf_counter() - started) * 1000
+            cpu = (time.thread_time() - cpu) * 1000
+            calls[name].append(_Call(wall, cpu, *collections.in_call))
             collections.current = ""
-    raw_p50 = p50_p99(latencies[names[0]])[0]
+    collections.close()
+    raw_p50 = p50_p99([call.wall_ms for call in calls[names[0]]])[0]
     for name in names:
-        p50, p99 = p50_p99(latencies[name])
+        p50, p99 = p50_p99([call.wall_ms for call in calls[name]])
         print(
             f"  {name:<44} p50 {p50:7.2f} ms  p99 {p99:7.2f} ms  {p50 / raw_p50:5.2f}x raw"
             f"  gc gen0/1/2 {collections.of(name)}"
         )
+        print(f"    {_tail(calls[name], p99)}; full collections {collections.full(name)}")
 
 
 async def rows_as_models(settings: Settings, samples: int) -> None:
@@ -229,6 +281,9 @@ async def main() -> None:
         action="store_true",
         help="gc.freeze() once started, as an application may: full collections skip what is old",
     )
+    parser.add_argument(
+        "--rows-only", action="store_true", help="only rows as models, not the metadata cache"
+    )
     options = parser.parse_args()
     settings = (await running_stack()).settings
     if options.gc_freeze:
@@ -239,7 +294,8 @@ async def main() -> None:
         f" gc.freeze: {options.gc_freeze} ({gc.get_freeze_count():,} objects frozen)"
     )
     await rows_as_models(settings, options.samples)
-    await metadata_cache(settings, options.samples, options.seconds)
+    if not options.rows_only:
+        await metadata_cache(settings, options.samples, options.seconds)
     print(f"load average {os.getloadavg()[0]:.1f} at the end")
 
 
