@@ -3,15 +3,15 @@
 Prints figures; asserts nothing about speed. Measures the local stack of ``./run start``
 (TRADESTORE_* variables move it) and starts it if it is down.
 
-- the last 1,000 trades of a trader (QuestDB) and a page of 1,000 tokens (PostgreSQL): raw
-  asyncpg on the same SQL, tradestore's models built from stored rows, and the same models
-  validated by pydantic; samples interleaved call by call, so each variant sees the same load;
-  garbage collections counted per variant;
+- the last 1,000 trades of a trader (QuestDB) and a page of 1,000 tokens (PostgreSQL):
+  tradestore's models built from stored rows, then the same models validated by pydantic, each
+  beside raw asyncpg on the same SQL, calls alternating so both see the same load; garbage
+  collections counted and timed per variant, and the slowest calls' time broken down;
 - the metadata cache: a hit, 50 concurrent callers, and how soon a change committed on another
   connection is seen.
 
     .venv/bin/python -m benchmarks.bench_reads [--samples 200] [--seconds 6] [--gc-freeze]
-        [--rows-only]
+        [--rows-only] [--keep-answers]
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC
 from typing import Any
 
 import asyncpg
@@ -108,35 +107,47 @@ def _tail(calls: list[_Call], p99: float) -> str:
     )
 
 
-async def _interleaved(variants: dict[str, Call], samples: int) -> None:
-    """Each variant once per round, in rotating order; p50/p99, collections per variant, and
-    where the slowest calls spent their time."""
-    collections = _Collections()
-    calls: dict[str, list[_Call]] = {name: [] for name in variants}
-    names = list(variants)
-    for call in variants.values():
-        await call()  # warm-up: statements prepared, codecs loaded
-    for turn in range(samples):
-        for name in names[turn % len(names) :] + names[: turn % len(names)]:
-            collections.current, collections.in_call = name, (0.0, 0.0)
-            cpu, started = time.thread_time(), time.perf_counter()
-            await variants[name]()
-            wall = (time.perf_counter() - started) * 1000
-            cpu = (time.thread_time() - cpu) * 1000
-            calls[name].append(_Call(wall, cpu, *collections.in_call))
-            collections.current = ""
-    collections.close()
-    raw_p50 = p50_p99([call.wall_ms for call in calls[names[0]]])[0]
-    for name in names:
-        p50, p99 = p50_p99([call.wall_ms for call in calls[name]])
-        print(
-            f"  {name:<44} p50 {p50:7.2f} ms  p99 {p99:7.2f} ms  {p50 / raw_p50:5.2f}x raw"
-            f"  gc gen0/1/2 {collections.of(name)}"
-        )
-        print(f"    {_tail(calls[name], p99)}; full collections {collections.full(name)}")
+async def _interleaved(
+    raw: tuple[str, Call], contenders: dict[str, Call], samples: int, *, keep: bool
+) -> None:
+    """Each contender beside the raw call, the two alternating call by call (order rotating):
+    p50/p99, collections, and where the slowest calls spent their time. One pair at a time,
+    from a collected heap: the garbage one contender leaves would trigger full collections
+    that land on the calls of another. ``keep``: each answer is held until the variant's next
+    call, as a caller holding its latest answer would (else dropped at once)."""
+    for contender, call in contenders.items():
+        gc.collect()
+        collections = _Collections()
+        variants = dict([raw, (contender, call)])
+        calls: dict[str, list[_Call]] = {name: [] for name in variants}
+        kept: dict[str, object] = {}
+        names = list(variants)
+        for warm_up in variants.values():
+            await warm_up()  # statements prepared, codecs loaded
+        for turn in range(samples):
+            for name in names[turn % 2 :] + names[: turn % 2]:
+                collections.current, collections.in_call = name, (0.0, 0.0)
+                cpu, started = time.thread_time(), time.perf_counter()
+                if keep:
+                    kept[name] = await variants[name]()
+                else:
+                    await variants[name]()
+                wall = (time.perf_counter() - started) * 1000
+                cpu = (time.thread_time() - cpu) * 1000
+                calls[name].append(_Call(wall, cpu, *collections.in_call))
+                collections.current = ""
+        collections.close()
+        raw_p50 = p50_p99([call.wall_ms for call in calls[names[0]]])[0]
+        for name in names:
+            p50, p99 = p50_p99([call.wall_ms for call in calls[name]])
+            print(
+                f"  {name:<44} p50 {p50:7.2f} ms  p99 {p99:7.2f} ms  {p50 / raw_p50:5.2f}x raw"
+                f"  gc gen0/1/2 {collections.of(name)}"
+            )
+            print(f"    {_tail(calls[name], p99)}; full collections {collections.full(name)}")
 
 
-async def rows_as_models(settings: Settings, samples: int) -> None:
+async def rows_as_models(settings: Settings, samples: int, *, keep: bool) -> None:
     rows = trades(20_000)
     trader = str(rows[0].trader_id)
     raw = await asyncpg.connect(**settings.questdb.connect_arguments())
@@ -149,23 +160,25 @@ async def rows_as_models(settings: Settings, samples: int) -> None:
 
             async def validated() -> list[Trade]:
                 found = await pool.fetch(LAST_TRADES, trader, ROWS)
-                return [
-                    Trade.model_validate({**row, "timestamp": row["timestamp"].replace(tzinfo=UTC)})
-                    for row in found
-                ]
+                return [Trade.model_validate(dict(row)) for row in found]
 
-            print(f"-- QuestDB: last {ROWS:,} trades of a trader among 20,000, {samples} each")
+            print(
+                f"-- QuestDB: last {ROWS:,} trades of a trader among 20,000, {samples} each;"
+                f" {len(gc.get_objects()):,} objects tracked by the collector"
+            )
             await _interleaved(
+                (
+                    "raw asyncpg fetch -> Records (same SQL)",
+                    lambda: raw.fetch(LAST_TRADES, trader, ROWS),
+                ),
                 {
-                    "raw asyncpg fetch -> Records (same SQL)": lambda: raw.fetch(
-                        LAST_TRADES, trader, ROWS
-                    ),
                     "tradestore last_trades -> Trade (stored)": lambda: store.queries.last_trades(
                         rows[0].trader_id, ROWS
                     ),
                     "same rows -> Trade validated by pydantic": validated,
                 },
                 samples,
+                keep=keep,
             )
     finally:
         await raw.close()
@@ -183,14 +196,18 @@ async def rows_as_models(settings: Settings, samples: int) -> None:
 
             print(f"-- PostgreSQL: a page of {ROWS:,} tokens (JSONB extensions), {samples} each")
             await _interleaved(
+                (
+                    "raw asyncpg fetch -> Records (same SQL)",
+                    lambda: raw_pool.fetch(PAGE, ROWS),
+                ),
                 {
-                    "raw asyncpg fetch -> Records (same SQL)": lambda: raw_pool.fetch(PAGE, ROWS),
                     "tradestore tokens.page -> TokenInfo (stored)": lambda: relational.tokens.page(
                         limit=ROWS
                     ),
                     "same rows -> TokenInfo validated by pydantic": validated_page,
                 },
                 samples,
+                keep=keep,
             )
     finally:
         await raw_pool.close()
@@ -284,6 +301,11 @@ async def main() -> None:
     parser.add_argument(
         "--rows-only", action="store_true", help="only rows as models, not the metadata cache"
     )
+    parser.add_argument(
+        "--keep-answers",
+        action="store_true",
+        help="rows as models: hold each answer until the variant's next call (else dropped)",
+    )
     options = parser.parse_args()
     settings = (await running_stack()).settings
     if options.gc_freeze:
@@ -291,9 +313,10 @@ async def main() -> None:
         gc.freeze()
     print(
         f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs;"
-        f" gc.freeze: {options.gc_freeze} ({gc.get_freeze_count():,} objects frozen)"
+        f" gc.freeze: {options.gc_freeze} ({gc.get_freeze_count():,} objects frozen);"
+        f" answers kept: {options.keep_answers}"
     )
-    await rows_as_models(settings, options.samples)
+    await rows_as_models(settings, options.samples, keep=options.keep_answers)
     if not options.rows_only:
         await metadata_cache(settings, options.samples, options.seconds)
     print(f"load average {os.getloadavg()[0]:.1f} at the end")
