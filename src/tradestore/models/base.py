@@ -13,8 +13,7 @@ import gc
 import inspect
 import json
 import operator
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from enum import StrEnum
@@ -173,29 +172,32 @@ def _all_fields(cls: type[TradestoreModel]) -> set[str]:
     return _ALL_FIELDS.setdefault(cls, set(cls.model_fields))
 
 
-@contextmanager
-def collections_deferred() -> Iterator[None]:
+class collections_deferred:  # lower case: read as a call, `with collections_deferred():`
     """No garbage collection while stored rows become models: for a synchronous build only.
 
     Everything a build makes stays alive until it ends, so a collection during it frees none of
     it and only moves it to older generations, whose growth then brings a full collection of the
     whole heap: 50-100 ms in a process of 200,000 objects, the tail of ``last_trades`` (issue 13).
     Deferred, a collection comes at the next allocation after the build; by then the caller may
-    have dropped the result, and a young collection costs what it would have.
+    have dropped the result, and a young collection costs what it would have. (A class, not a
+    generator: leaving a generator's ``with`` allocates the StopIteration that would trigger the
+    deferred collection at once, while the result is certainly alive.)
 
     Safe because: the build never awaits (no other task runs inside it); an exception leaves
     the collector as it found it; an application that turned the collector off, or an outer
     deferral, finds it still off. Not covered: another thread that turns the collector off
     during a build's millisecond would see it turned back on.
     """
-    if not gc.isenabled():
-        yield
-        return
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
+
+    __slots__ = ("_resume",)
+
+    def __enter__(self) -> None:
+        self._resume = gc.isenabled()
+        gc.disable()
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._resume:
+            gc.enable()
 
 
 def was_validated(model: TradestoreModel) -> bool:
