@@ -177,11 +177,11 @@ class collections_deferred:  # lower case: read as a call, `with collections_def
 
     Everything a build makes stays alive until it ends, so a collection during it frees none of
     it and only moves it to older generations, whose growth then brings a full collection of the
-    whole heap: 50-100 ms in a process of 200,000 objects, the tail of ``last_trades`` (issue 13).
-    Deferred, a collection comes at the next allocation after the build; by then the caller may
-    have dropped the result, and a young collection costs what it would have. (A class, not a
-    generator: leaving a generator's ``with`` allocates the StopIteration that would trigger the
-    deferred collection at once, while the result is certainly alive.)
+    whole heap (85-110 ms of CPU over the 200,000 objects of bench_reads' process): the tail of
+    ``last_trades`` (issue 13). Deferred, a collection comes at the next allocation after the
+    build; by then the caller may have dropped the result, and a young collection costs what it
+    would have. (A class, not a generator: leaving a generator's ``with`` allocates the
+    StopIteration that would trigger the deferred collection at once, the result still alive.)
 
     Safe because: the build never awaits (no other task runs inside it); an exception leaves
     the collector as it found it; an application that turned the collector off, or an outer
