@@ -8,8 +8,10 @@ is handed back to them.
 
 from __future__ import annotations
 
+import gc
 import secrets
-from datetime import UTC, datetime, timedelta
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 from uuid import uuid4
@@ -19,7 +21,7 @@ from solders.pubkey import Pubkey
 from solders.signature import Signature
 
 from tests.timeseries_support import make_trades
-from tradestore.errors import InvalidInputError
+from tradestore.errors import InternalError, InvalidInputError
 from tradestore.models import (
     NodeHealth,
     OrderRule,
@@ -34,11 +36,13 @@ from tradestore.models.base import (
     RuleType,
     TradestoreModel,
     TradingMode,
+    collections_deferred,
     was_validated,
 )
 from tradestore.relational import RelationalStore
 from tradestore.settings import Settings
 from tradestore.timeseries import TimeSeriesStore
+from tradestore.timeseries.connection import QueryPool
 from tradestore.timeseries.schema import POSITIONS, TRADES
 
 BIG = Decimal("12345678901234567890.123456789012345678")
@@ -74,6 +78,60 @@ def test_questdb_reads_select_every_column_as_a_field() -> None:
     assert sorted(Position.model_fields) == sorted(POSITIONS.column_names)
 
 
+async def test_questdb_instants_come_and_go_aware_in_utc(settings: Settings) -> None:
+    """The driver decodes QuestDB's TIMESTAMP as aware UTC (no Python per value) and encodes
+    aware parameters in any zone; a naive one, which it would read as local time, is refused."""
+    instant = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
+    elsewhere = instant.astimezone(timezone(timedelta(hours=-5)))
+    pool = QueryPool(settings, size=1)
+    try:
+        literal = "cast('2026-01-02T03:04:05.678901Z' as timestamp)"
+        [row] = await pool.fetch(
+            f"SELECT {literal} literal, dateadd('s', 0, $1) bound, $1 = {literal} same", elsewhere
+        )
+        assert row["literal"] == row["bound"] == instant
+        assert row["literal"].tzinfo is UTC
+        assert row["bound"].tzinfo is UTC
+        assert row["same"] is True
+        with pytest.raises(InternalError, match="naive"):
+            await pool.fetch("SELECT dateadd('s', 0, $1) t", instant.replace(tzinfo=None))
+        with pytest.raises(InternalError, match="naive"):
+            await pool.execute("SELECT dateadd('s', 0, $1) t", instant.replace(tzinfo=None))
+    finally:
+        await pool.close()
+
+
+@pytest.fixture
+def collector_enabled() -> Iterator[None]:
+    """Whatever a test does to the collector, the next test finds it on."""
+    yield
+    gc.enable()
+
+
+@pytest.mark.usefixtures("collector_enabled")
+def test_collections_are_deferred_while_a_build_runs_and_resume_even_after_an_error() -> None:
+    with collections_deferred():
+        assert not gc.isenabled()
+        with collections_deferred():  # nested: the outer one turns it back on
+            assert not gc.isenabled()
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    with pytest.raises(KeyError), collections_deferred():
+        raise KeyError("an unknown enum value in a row")
+    assert gc.isenabled()
+
+
+@pytest.mark.usefixtures("collector_enabled")
+def test_a_collector_the_application_turned_off_stays_off() -> None:
+    gc.disable()
+    with collections_deferred():
+        assert not gc.isenabled()
+    assert not gc.isenabled()
+    with pytest.raises(KeyError), collections_deferred():
+        raise KeyError("an unknown enum value in a row")
+    assert not gc.isenabled()
+
+
 async def test_last_trades_are_the_validated_trades(settings: Settings) -> None:
     trader = uuid4()
     start = datetime.now(UTC) - timedelta(minutes=1)
@@ -91,6 +149,7 @@ async def test_last_trades_are_the_validated_trades(settings: Settings) -> None:
         assert read[2].tx_signature is None
         for trade in read:
             _field_by_field(trade)
+        assert gc.isenabled()  # turned back on after the build
 
         # Handed back, a read trade is checked again: unchanged it is accepted...
         back = read[3].model_copy(update={"timestamp": start + timedelta(seconds=1)})
@@ -146,6 +205,12 @@ async def test_postgres_reads_are_the_validated_models(relational: RelationalSto
         _field_by_field(token)
     for token in await relational.tokens.find_by_symbol("FEE"):
         _field_by_field(token)
+    first = min(plain, fee, key=lambda token: token.address)
+    page = await relational.tokens.page(after=first.address[:-1], limit=2)
+    assert page[0] == first
+    for token in page:
+        _field_by_field(token)
+    assert gc.isenabled()
 
     config = await relational.traders.create(
         TraderConfig(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Final, Literal, get_args
 
 from tradestore.errors import FieldProblem, InvalidInputError
@@ -118,10 +118,10 @@ class SnapshotRow:
     labels: dict[str, str]
 
 
-def _naive_utc(value: datetime, name: str) -> datetime:
+def _aware(value: datetime, name: str) -> datetime:
     if value.utcoffset() is None:
         raise InvalidInputError("query", [FieldProblem(name, "timestamp must be timezone-aware")])
-    return value.astimezone(UTC).replace(tzinfo=None)
+    return value
 
 
 def _label_filter(**labels: str | None) -> str:
@@ -167,8 +167,8 @@ class SnapshotHistory(Lifecycle):
             f" AND metric_name IN ({', '.join(repr(name) for name in names)})"
             " AND labels LIKE $3"
             f" SAMPLE BY {interval} ALIGN TO CALENDAR ORDER BY timestamp",
-            _naive_utc(start, "start"),
-            _naive_utc(end, "end"),
+            _aware(start, "start"),
+            _aware(end, "end"),
             _label_filter(instance=instance, operation=operation, store=store),
         )
         merged: dict[tuple[datetime, str, str], dict[str, float]] = {}
@@ -178,7 +178,7 @@ class SnapshotHistory(Lifecycle):
                 operation and labels.get("operation") != operation
             ):
                 continue  # a LIKE match on another label's value
-            key = (row["timestamp"].replace(tzinfo=UTC), labels["store"], labels["operation"])
+            key = (row["timestamp"], labels["store"], labels["operation"])
             figures = merged.setdefault(key, {})
             name = str(row["metric_name"])
             if name in COUNT_METRICS:
@@ -211,7 +211,7 @@ class SnapshotHistory(Lifecycle):
         )
         return [
             SnapshotRow(
-                timestamp=row["timestamp"].replace(tzinfo=UTC),
+                timestamp=row["timestamp"],
                 name=str(row["metric_name"]),
                 value=float(row["value"]),
                 labels=json.loads(row["labels"]),

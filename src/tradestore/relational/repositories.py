@@ -40,6 +40,7 @@ from tradestore.models.base import (
     TokenSymbol,
     TradingMode,
     bounded_json,
+    collections_deferred,
     from_stored,
     validate_arguments,
 )
@@ -128,7 +129,21 @@ MINT_COLUMNS = (
 
 
 def _token(row: Row) -> TokenInfo:
-    return from_stored(TokenInfo, dict(row))
+    """The values unpacked into the model's dict: twice as fast as ``dict(row)`` (issue 13)."""
+    address, symbol, name, decimals, has_fee, fee_bps, extensions, updated = row.values()
+    return from_stored(
+        TokenInfo,
+        {
+            "address": address,
+            "symbol": symbol,
+            "name": name,
+            "decimals": decimals,
+            "has_transfer_fee": has_fee,
+            "transfer_fee_bps": fee_bps,
+            "extensions": extensions,
+            "last_updated": updated,
+        },
+    )
 
 
 class TokenRepository(Repository):
@@ -212,7 +227,8 @@ class TokenRepository(Repository):
             after,
             limit,
         )
-        return [_token(row) for row in rows]
+        with collections_deferred():
+            return [_token(row) for row in rows]
 
 
 OWNED_BY = "({table}node_id IS NULL OR {table}node_id = ${param} OR ${param}::text IS NULL)"

@@ -8,7 +8,7 @@ in ``wal_tables()``). An audit that reads before then would report rows missing 
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Literal
 from uuid import UUID
 
@@ -40,14 +40,12 @@ class TimeSeriesAudit:
             raise InvalidInputError(
                 "audit query", [FieldProblem("table", f"one of {sorted(_ID_TABLES)}")]
             )
-        # Validated as UTC: the naive values QuestDB's TIMESTAMP parameters take.
-        low, high = start.replace(tzinfo=None), end.replace(tzinfo=None)
         rows = await self._pool.fetch(
             f"SELECT id FROM {table} WHERE trader_id = $1"  # noqa: S608 - table is one of two
             " AND timestamp >= $2 AND timestamp <= $3",
             str(trader_id),
-            low,
-            high,
+            start,
+            end,
         )
         return [row["id"] for row in rows]
 
@@ -56,13 +54,11 @@ class TimeSeriesAudit:
         self, trader_id: UUID, start: UtcDatetime, end: UtcDatetime
     ) -> list[tuple[datetime, str]]:
         """(timestamp, token) of every position row of one trader in [start, end]."""
-        # Validated as UTC: the naive values QuestDB's TIMESTAMP parameters take.
-        low, high = start.replace(tzinfo=None), end.replace(tzinfo=None)
         rows = await self._pool.fetch(
             "SELECT timestamp, token FROM positions WHERE trader_id = $1"
             " AND timestamp >= $2 AND timestamp <= $3",
             str(trader_id),
-            low,
-            high,
+            start,
+            end,
         )
-        return [(row["timestamp"].replace(tzinfo=UTC), str(row["token"])) for row in rows]
+        return [(row["timestamp"], str(row["token"])) for row in rows]

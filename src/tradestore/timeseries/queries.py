@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Context, Decimal
 from operator import methodcaller
 from typing import Annotated, Literal
@@ -19,7 +19,12 @@ from uuid import UUID
 from pydantic import Field
 
 from tradestore.models import Position, Trade, TradeAction, TradingMode
-from tradestore.models.base import UtcDatetime, from_stored, validate_arguments
+from tradestore.models.base import (
+    UtcDatetime,
+    collections_deferred,
+    from_stored,
+    validate_arguments,
+)
 from tradestore.observability.latency import timed
 from tradestore.timeseries.connection import QueryPool, Row
 
@@ -69,16 +74,6 @@ class MevSummary:
     """Lamports spent on priority fees across these events."""
 
 
-def _utc(value: datetime) -> datetime:
-    # QuestDB sends TIMESTAMP without a zone; the session is UTC, so the value is UTC.
-    return value.replace(tzinfo=UTC)
-
-
-def _naive(instant: datetime) -> datetime:
-    """A UTC instant (arguments were converted) as the naive value TIMESTAMP parameters take."""
-    return instant.replace(tzinfo=None)
-
-
 class _TraderIds(dict[str, UUID]):
     """A trader's id parsed once per query, not once per row (rows of one trader share it)."""
 
@@ -91,57 +86,58 @@ def _trades(rows: Sequence[Row]) -> list[Trade]:
     """Stored rows as models, without validating again (``from_stored``): the columns come in the
     model's field order, and each row's values go straight into the model's own dict."""
     trader_ids = _TraderIds()
-    return [
-        from_stored(
-            Trade,
-            {
-                "id": id_,
-                "timestamp": timestamp.replace(tzinfo=UTC),
-                "trader_id": trader_ids[trader_id],
-                "mode": _MODES[mode],
-                "action": _ACTIONS[action],
-                "base_token": base_token,
-                "quote_token": quote_token,
-                "amount": amount,
-                "price": price,
-                "slippage": slippage,
-                "fee": fee,
-                "priority_fee": priority_fee,
-                "transfer_fee": transfer_fee,
-                "tx_signature": tx_signature,
-                "latency_ms": latency_ms,
-                "mev_protected": mev_protected,
-            },
-        )
-        for (
-            id_,
-            timestamp,
-            trader_id,
-            mode,
-            action,
-            base_token,
-            quote_token,
-            amount,
-            price,
-            slippage,
-            fee,
-            priority_fee,
-            transfer_fee,
-            tx_signature,
-            latency_ms,
-            mev_protected,
-        ) in map(_VALUES, rows)
-    ]
+    with collections_deferred():
+        return [
+            from_stored(
+                Trade,
+                {
+                    "id": id_,
+                    "timestamp": timestamp,
+                    "trader_id": trader_ids[trader_id],
+                    "mode": _MODES[mode],
+                    "action": _ACTIONS[action],
+                    "base_token": base_token,
+                    "quote_token": quote_token,
+                    "amount": amount,
+                    "price": price,
+                    "slippage": slippage,
+                    "fee": fee,
+                    "priority_fee": priority_fee,
+                    "transfer_fee": transfer_fee,
+                    "tx_signature": tx_signature,
+                    "latency_ms": latency_ms,
+                    "mev_protected": mev_protected,
+                },
+            )
+            for (
+                id_,
+                timestamp,
+                trader_id,
+                mode,
+                action,
+                base_token,
+                quote_token,
+                amount,
+                price,
+                slippage,
+                fee,
+                priority_fee,
+                transfer_fee,
+                tx_signature,
+                latency_ms,
+                mev_protected,
+            ) in map(_VALUES, rows)
+        ]
 
 
 def _positions(rows: Sequence[Row]) -> list[Position]:
     trader_ids = _TraderIds()
     positions = []
-    for row in rows:
-        fields = dict(zip(_POSITION_NAMES, _VALUES(row), strict=True))
-        fields["timestamp"] = fields["timestamp"].replace(tzinfo=UTC)
-        fields["trader_id"] = trader_ids[fields["trader_id"]]
-        positions.append(from_stored(Position, fields))
+    with collections_deferred():
+        for row in rows:
+            fields = dict(zip(_POSITION_NAMES, _VALUES(row), strict=True))
+            fields["trader_id"] = trader_ids[fields["trader_id"]]
+            positions.append(from_stored(Position, fields))
     return positions
 
 
@@ -179,13 +175,13 @@ class TimeSeriesQueries:
             " FROM trades WHERE timestamp >= $1 AND timestamp < $2"
             " AND ($3::STRING IS NULL OR trader_id = $3)"
             f" SAMPLE BY {interval} ALIGN TO CALENDAR ORDER BY timestamp, trader_id",
-            _naive(start),
-            _naive(end),
+            start,
+            end,
             None if trader_id is None else str(trader_id),
         )
         return [
             PnlBucket(
-                start=_utc(row["timestamp"]),
+                start=row["timestamp"],
                 trader_id=UUID(row["trader_id"]),
                 realised_pnl=EXACT.subtract(
                     EXACT.subtract(_quantize(row["sells"]), _quantize(row["buys"])),
@@ -222,8 +218,8 @@ class TimeSeriesQueries:
             " sum(priority_fee) fees FROM mev_events"
             " WHERE timestamp >= $1 AND timestamp < $2"
             " AND ($3::STRING IS NULL OR trader_id = $3) ORDER BY trader_id",
-            _naive(start),
-            _naive(end),
+            start,
+            end,
             None if trader_id is None else str(trader_id),
         )
         return [
