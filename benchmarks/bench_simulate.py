@@ -2,9 +2,10 @@
 
 Run: ``.venv/bin/python -m benchmarks.bench_simulate [--duration 60] [--step 15]``, against the
 stack of ``./run start`` (TRADESTORE_* variables move it; started if it is down). It plays the
-seed profile with one and with two worker processes and prints per stream the achieved rate and
-the p99s the issue names (trade write-to-acknowledged < 250 ms, price read < 1 ms, event end to
-end < 50 ms) and the verification; then ``--find-max`` with one and with two workers.
+seed profile with one and with two worker processes (``--layout``: mixed, or the feed apart from
+the traders) and prints per stream the achieved rate and the p99s the issue names (trade
+write-to-acknowledged < 250 ms, price read < 1 ms, event end to end < 50 ms) and the
+verification; then ``--find-max`` with one and with two workers.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import os
 from benchmarks.support import running_stack
 from tradestore.observability.latency import Key
 from tradestore.settings import Settings
+from tradestore.simulation.plan import Layout
 from tradestore.simulation.profiles import PROFILES
 from tradestore.simulation.report import SimulationReport
 from tradestore.simulation.runner import DEFAULT_SCALES, MaxReport, Simulation, find_max
@@ -30,7 +32,10 @@ TARGETS_MS: tuple[tuple[Key, float], ...] = (
 
 
 def print_run(report: SimulationReport) -> None:
-    print(f"== seed profile, {report.workers} worker process(es), {report.load_s:.0f} s of load")
+    print(
+        f"== seed profile, {report.workers} worker process(es) ({report.layout}),"
+        f" {report.load_s:.0f} s of load"
+    )
     for stream in report.streams:
         share = stream.achieved_per_s / stream.target_per_s
         p99 = "-" if stream.p99_ms is None else f"{stream.p99_ms:.1f} ms"
@@ -54,7 +59,7 @@ def print_run(report: SimulationReport) -> None:
 
 def print_max(report: MaxReport) -> None:
     print(
-        f"== --find-max, {report.workers} worker process(es), p99 target"
+        f"== --find-max, {report.workers} worker process(es) ({report.layout}), p99 target"
         f" {report.p99_target_ms:g} ms, {report.step_s:g} s per step"
     )
     for step in report.steps:
@@ -75,12 +80,19 @@ async def main() -> None:
     parser.add_argument("--step", type=float, default=15.0, help="seconds per --find-max step")
     parser.add_argument("--p99-ms", type=float, default=250.0)
     parser.add_argument("--find-max-only", action="store_true")
+    parser.add_argument("--layout", type=Layout, choices=list(Layout), default=Layout.MIXED)
     arguments = parser.parse_args()
     stack = await running_stack()
     settings: Settings = stack.settings
     print(f"load average at start: {os.getloadavg()[0]:.1f} (the machine is shared: short runs)")
     for workers in () if arguments.find_max_only else (1, 2):
-        simulation = Simulation(settings, SEED, duration_s=arguments.duration, workers=workers)
+        simulation = Simulation(
+            settings,
+            SEED,
+            duration_s=arguments.duration,
+            workers=workers,
+            layout=arguments.layout,
+        )
         print_run(await simulation.run())
     for workers in (1, 2):
         print_max(
@@ -90,6 +102,7 @@ async def main() -> None:
                 workers=workers,
                 step_s=arguments.step,
                 p99_ms=arguments.p99_ms,
+                layout=arguments.layout,
                 scales=DEFAULT_SCALES,
             )
         )

@@ -18,6 +18,8 @@ from tradestore.errors import InvalidInputError, VerificationError
 from tradestore.settings import Settings
 from tradestore.simulation.ids import Kind, Ledger, Tally, compare, parse_row_id, row_id
 from tradestore.simulation.market import age_ms, make_tokens, stamp
+from tradestore.simulation.pacing import deliverable
+from tradestore.simulation.plan import Layout, make_plan
 from tradestore.simulation.profiles import PROFILES, StreamName, profile
 from tradestore.simulation.report import SimulationReport, StreamResult
 from tradestore.simulation.runner import Simulation, find_max, kept_up
@@ -96,6 +98,37 @@ def test_a_stream_keeps_up_only_at_its_rate_within_the_p99_target() -> None:
     assert not kept_up(slow, p99_ms=50, verified=True)
 
 
+def test_roles_put_the_feed_apart_and_deal_every_actor_once(settings: Settings) -> None:
+    plan = make_plan(settings, SMOKE, seed=3, duration_s=1, workers=3, layout=Layout.ROLES)
+    assert (plan.feed_workers, plan.trader_workers) == ((0,), (1, 2))
+    assert plan.tokens_of(0) == list(plan.tokens)
+    assert plan.nodes_of(0) == list(plan.nodes)
+    assert plan.feed_share(SMOKE.prices_per_s) == SMOKE.prices_per_s
+    assert plan.traders_of(0) == []
+    assert plan.tokens_of(1) == []
+    assert plan.nodes_of(2) == []
+    dealt = [trader.index for worker in (1, 2) for trader in plan.traders_of(worker)]
+    assert sorted(dealt) == [trader.index for trader in plan.traders]
+    alone = make_plan(settings, SMOKE, seed=3, duration_s=1, workers=1, layout=Layout.ROLES)
+    assert alone.traders_of(0) == list(alone.traders)
+    assert alone.tokens_of(0) == list(alone.tokens)
+    mixed = make_plan(settings, SMOKE, seed=3, duration_s=1, workers=2)
+    assert [token.index for token in mixed.tokens_of(1)] == list(range(1, SMOKE.tokens, 2))
+    assert mixed.feed_share(SMOKE.prices_per_s) == SMOKE.prices_per_s / 2
+
+
+def test_a_stream_is_judged_against_what_its_pacing_could_deliver() -> None:
+    """100 traders at 1 position a second for a 15-second step: each bucket may start a tick
+    late and end one short, so 94/s keeps up with 100/s; at the seed's rates it changes little."""
+    assert deliverable(100.0, 100, 0.1, 15.0) == pytest.approx(100 - 110 / 15)
+    assert deliverable(10_000.0, 100, 0.1, 60.0) == pytest.approx(10_000 - 1_100 / 60)
+    assert deliverable(5.0, 100, 0.1, 15.0) == 0.0
+    paced = StreamResult(StreamName.POSITIONS, 100.0, 94.0, 1_410, 40.0, deliverable_per_s=92.7)
+    assert kept_up(paced, p99_ms=50, verified=True)
+    assert not kept_up(replace(paced, deliverable_per_s=None), p99_ms=50, verified=True)
+    assert not kept_up(replace(paced, achieved_per_s=85.0), p99_ms=50, verified=True)
+
+
 @pytest_asyncio.fixture(scope="module")
 async def simulated(settings: Settings) -> AsyncIterator[tuple[Simulation, SimulationReport]]:
     """Two worker processes at the smoke profile for three seconds, and its report."""
@@ -157,12 +190,18 @@ async def test_verification_fails_when_a_row_is_removed_or_doubled(
 
 
 def test_the_command_line_runs_verifies_and_prints_one_json_report(settings: Settings) -> None:
+    """With the price feed in a worker of its own and the traders in another: each worker
+    plays only its role, and the run still verifies every check."""
     result = tradestore(
-        "simulate", "--profile", "smoke", "--duration", "2", "--json", env=cli_env(settings)
+        *("simulate", "--profile", "smoke", "--duration", "2", "--json"),
+        *("--workers", "2", "--layout", "roles"),
+        env=cli_env(settings),
     )
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(result.stdout)
     assert report["ok"] is True
+    assert (report["workers"], report["layout"]) == (2, "roles")
+    assert all(check["ok"] for check in report["checks"])
     assert {stream["name"] for stream in report["streams"]} == {name.value for name in StreamName}
     assert all(stream["total"] > 0 for stream in report["streams"])
     assert {(entry["store"], entry["operation"]) for entry in report["latencies"]} >= {

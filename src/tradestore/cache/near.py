@@ -316,9 +316,13 @@ class NearCache(Lifecycle):
         trusted = self._link.healthy
         self._entries.begin(key)
         try:
-            raw = await self._client.get(key)
+            # The TTL first, from before it was asked: a write between the two reads only
+            # lengthens the TTL (prices are always written with the same one), so the deadline
+            # never outlives the value read. The other way round, a value overwritten in between
+            # would be kept to its successor's deadline if its invalidation came in late.
             started = time.monotonic()
-            ttl_ms = await self._client.pttl(key) if raw is not None else -2
+            ttl_ms = await self._client.pttl(key)
+            raw = await self._client.get(key) if ttl_ms != -2 else None
         except (CoredisError, OSError) as error:
             raise StoreUnavailableError(f"redis: near cache: get price: {error}") from error
         finally:

@@ -15,6 +15,7 @@ from tradestore.cli.output import JsonOption, console, print_json, run_or_exit
 from tradestore.errors import VerificationError
 from tradestore.settings import Settings
 from tradestore.simulation.dashboard import LiveView
+from tradestore.simulation.plan import Layout
 from tradestore.simulation.profiles import PROFILES, Profile, profile
 from tradestore.simulation.report import SimulationReport, format_ms, render
 from tradestore.simulation.runner import MaxReport, Simulation, find_max
@@ -35,7 +36,7 @@ def _watched(simulation: Simulation, live: bool, title: str) -> Iterator[None]:
 
 def _max_table(report: MaxReport) -> Table:
     table = Table(
-        title=f"sustainable maximum with {report.workers} worker process(es)"
+        title=f"sustainable maximum with {report.workers} worker process(es) ({report.layout})"
         f" (p99 target {report.p99_target_ms:g} ms, {report.step_s:g} s per step)",
         title_justify="left",
     )
@@ -69,6 +70,13 @@ def simulate(
         float, typer.Option(min=0.001, help="Multiply every stream's target rate.")
     ] = 1.0,
     workers: Annotated[int, typer.Option(min=1, max=64, help="Worker processes.")] = 1,
+    layout: Annotated[
+        Layout,
+        typer.Option(
+            help="mixed: every worker plays a share of every actor; roles: the price feed in"
+            " a worker of its own, the traders in the others (as deployed)."
+        ),
+    ] = Layout.MIXED,
     seed: Annotated[int, typer.Option(help="Seed of the market and of every actor.")] = 42,
     tokens: Annotated[int | None, typer.Option(help="Tokens (default: the profile's).")] = None,
     traders: Annotated[int | None, typer.Option(help="Traders (default: the profile's).")] = None,
@@ -113,6 +121,7 @@ def simulate(
                 step_s=duration,
                 p99_ms=p99_ms,
                 seed=seed,
+                layout=layout,
                 watch=lambda simulation: _watched(simulation, live, f"{title} --find-max"),
             )
 
@@ -125,7 +134,12 @@ def simulate(
 
     async def play() -> SimulationReport:
         simulation = Simulation(
-            node(), chosen().scaled(rate_scale), duration_s=duration, workers=workers, seed=seed
+            node(),
+            chosen().scaled(rate_scale),
+            duration_s=duration,
+            workers=workers,
+            seed=seed,
+            layout=layout,
         )
         with _watched(simulation, live, title):
             return await simulation.run()

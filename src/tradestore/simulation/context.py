@@ -51,6 +51,17 @@ class Acknowledged:
         return self.events.setdefault(stream, {}).setdefault(source, Ledger())
 
 
+@dataclass(frozen=True, slots=True)
+class WritePart:
+    """Rows of one table handed to the writer together with others, and what their
+    acknowledgement means: ``on_ack`` records them, ``stream`` counts them."""
+
+    rows: Sequence[TimeSeriesRow]
+    table: str
+    on_ack: Callable[[], None]
+    stream: StreamName | None = None
+
+
 @dataclass(slots=True)
 class WorkerContext:
     db: TradeStore
@@ -69,46 +80,32 @@ class WorkerContext:
     def running(self) -> bool:
         return time.monotonic() < self.deadline
 
-    async def write(
-        self,
-        rows: Sequence[TimeSeriesRow],
-        table: str,
-        on_ack: Callable[[], None],
-        stream: StreamName | None = None,
-    ) -> None:
-        """Hand rows to the batch writer; once QuestDB acknowledges them, record the latency
-        from write to acknowledgement and call ``on_ack``. Does not wait for the acknowledgement."""
+    async def write(self, *parts: WritePart) -> None:
+        """Hand the parts' rows to the batch writer in one call; once QuestDB acknowledges them,
+        record each part's latency from write to acknowledgement and call its ``on_ack``. Does
+        not wait for the acknowledgement."""
+        rows = parts[0].rows if len(parts) == 1 else [row for part in parts for row in part.rows]
         started = time.perf_counter_ns()
         receipt = await self.db.timeseries.writer.write_many(rows)
-        task = asyncio.create_task(
-            self._acknowledged(
-                receipt, started, count=len(rows), table=table, on_ack=on_ack, stream=stream
-            )
-        )
+        task = asyncio.create_task(self._acknowledged(receipt, started, parts))
         self.pending.add(task)
         task.add_done_callback(self.pending.discard)
 
     async def _acknowledged(
-        self,
-        receipt: Receipt,
-        started: int,
-        *,
-        count: int,
-        table: str,
-        on_ack: Callable[[], None],
-        stream: StreamName | None,
+        self, receipt: Receipt, started: int, parts: tuple[WritePart, ...]
     ) -> None:
         try:
             await receipt
         except TradestoreError as error:
             self.counters.failed(error)
             return
-        LATENCIES.recorder("questdb", f"{table} write→ack").record_many(
-            time.perf_counter_ns() - started, count
-        )
-        on_ack()
-        if stream is not None:
-            self.counters.done[stream] += count
+        latency_ns = time.perf_counter_ns() - started
+        for part in parts:
+            count = len(part.rows)
+            LATENCIES.recorder("questdb", f"{part.table} write→ack").record_many(latency_ns, count)
+            part.on_ack()
+            if part.stream is not None:
+                self.counters.done[part.stream] += count
 
     async def settle(self) -> None:
         """Wait until every write handed to the writer is acknowledged or failed."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from datetime import UTC, datetime
 from decimal import Decimal
 
 from tradestore.cache import CoalescingPublisher
@@ -45,7 +46,7 @@ class PriceFeed:
         self.stream = context.db.cache.streams.price_updates
         self.ledger = context.acked.event_ledger(self.stream.name, self.source)
         plan = context.plan
-        self.bucket = TokenBucket(plan.share(plan.profile.prices_per_s), rng.random())
+        self.bucket = TokenBucket(plan.feed_share(plan.profile.prices_per_s), rng.random())
 
     async def run(self) -> None:
         if not self.tokens:
@@ -82,9 +83,15 @@ class PriceFeed:
         moved = [token for token in tokens if self.slots.get(token.index) != slot]
         pools = [pool_state(token, prices[token.mint], slot) for token in moved]
         first = self.ledger.reserve(len(tokens))
+        # Built unvalidated (every field given: pydantic's defaults are slow to resolve here):
+        # ``publish_many`` validates every event it is given, as it does any caller's; built
+        # validated, each would be checked twice on this hot path.
+        now = datetime.now(UTC)
         events = [
-            Event(
+            Event.model_construct(
+                id=None,
                 event_type="price_update",
+                timestamp=now,
                 data=self.context.event_data(
                     self.source, first + offset, token=token.mint, price=str(prices[token.mint])
                 ),

@@ -22,9 +22,7 @@ class NodeMonitor:
     def __init__(self, context: WorkerContext) -> None:
         self.context = context
         plan = context.plan
-        self.nodes = [
-            node for n, node in enumerate(plan.nodes) if n % plan.workers == context.worker
-        ]
+        self.nodes = plan.nodes_of(context.worker)
         self.rng = context.rng("nodes", context.worker)
         self.latency = dict.fromkeys(self.nodes, 40.0)
         self.errors = dict.fromkeys(self.nodes, 0.01)

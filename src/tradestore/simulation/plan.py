@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import random
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
+from enum import StrEnum
+from typing import TypeVar
 from uuid import UUID
 
 from tradestore.models import TraderConfig, TradingMode
@@ -24,6 +27,18 @@ from tradestore.simulation.market import SimToken, make_tokens
 from tradestore.simulation.profiles import Profile
 
 WATCHLIST = 8
+T = TypeVar("T")
+
+
+class Layout(StrEnum):
+    """How the actors are spread over the worker processes."""
+
+    MIXED = "mixed"
+    """Every process plays a share of every actor: the feed, the traders and the nodes."""
+    ROLES = "roles"
+    """As the platform is deployed: the price feed and the node monitor in a process of their
+    own (worker 0), the traders and their rule executors in the others. With one worker, the
+    same as ``mixed``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +56,7 @@ class RunPlan:
     seed: int
     duration_s: float
     workers: int
+    layout: Layout
     run_tag: int
     tokens: tuple[SimToken, ...]
     traders: tuple[TraderSpec, ...]
@@ -69,20 +85,51 @@ class RunPlan:
     def pubsub_channel(self) -> str:
         return f"ui:sim:{self.run_id}:prices"  # ui:* is the application user's channel space
 
+    @property
+    def feed_workers(self) -> tuple[int, ...]:
+        """The workers that run a price feed (and the node monitor)."""
+        if self.layout is Layout.ROLES:
+            return (0,)
+        return tuple(range(self.workers))
+
+    @property
+    def trader_workers(self) -> tuple[int, ...]:
+        """The workers that run traders (and a rule executor for their rules)."""
+        if self.layout is Layout.ROLES and self.workers > 1:
+            return tuple(range(1, self.workers))
+        return tuple(range(self.workers))
+
     def tokens_of(self, worker: int) -> list[SimToken]:
         """The tokens whose prices this worker's feed writes."""
-        return [token for token in self.tokens if token.index % self.workers == worker]
+        return _dealt(self.tokens, self.feed_workers, worker)
 
     def traders_of(self, worker: int) -> list[TraderSpec]:
-        return [trader for trader in self.traders if trader.index % self.workers == worker]
+        return _dealt(self.traders, self.trader_workers, worker)
 
-    def share(self, rate: float) -> float:
-        """One worker's part of a rate spread evenly over the workers."""
-        return rate / self.workers
+    def nodes_of(self, worker: int) -> list[str]:
+        """The RPC nodes whose health this worker reports."""
+        return _dealt(self.nodes, self.feed_workers, worker)
+
+    def feed_share(self, rate: float) -> float:
+        """One feed worker's part of a rate spread evenly over the feed workers."""
+        return rate / len(self.feed_workers)
+
+
+def _dealt(items: Sequence[T], workers: Sequence[int], worker: int) -> list[T]:
+    """The items dealt round-robin to ``worker`` among ``workers`` (none if it is not one)."""
+    if worker not in workers:
+        return []
+    return list(items[workers.index(worker) :: len(workers)])
 
 
 def make_plan(
-    settings: Settings, profile: Profile, *, seed: int, duration_s: float, workers: int
+    settings: Settings,
+    profile: Profile,
+    *,
+    seed: int,
+    duration_s: float,
+    workers: int,
+    layout: Layout = Layout.MIXED,
 ) -> RunPlan:
     rng = random.Random(seed)
     run_tag = secrets.randbits(RUN_TAG_BITS)
@@ -109,6 +156,7 @@ def make_plan(
         seed=seed,
         duration_s=duration_s,
         workers=workers,
+        layout=layout,
         run_tag=run_tag,
         tokens=tokens,
         traders=tuple(traders),

@@ -34,6 +34,8 @@ class StreamResult:
     total: int
     p99_ms: float | None
     """p99 of the stream's latency (``STREAM_LATENCY``)."""
+    deliverable_per_s: float | None = None
+    """The rate the pacing was sure to deliver in the load window (``pacing.deliverable``)."""
 
 
 def stream_results(
@@ -41,6 +43,7 @@ def stream_results(
     done: Mapping[StreamName, int],
     seconds: float,
     latencies: Mapping[Key, LatencySummary],
+    deliverable: Mapping[StreamName, float] | None = None,
 ) -> list[StreamResult]:
     results = []
     for name, target in targets.items():
@@ -53,6 +56,7 @@ def stream_results(
                 achieved_per_s=round(total / seconds, 1) if seconds > 0 else 0.0,
                 total=total,
                 p99_ms=summary.p99_ms if summary is not None else None,
+                deliverable_per_s=round(deliverable[name], 1) if deliverable else None,
             )
         )
     return results
@@ -66,6 +70,8 @@ class SimulationReport:
     profile: str
     seed: int
     workers: int
+    layout: str
+    """How the actors were spread over the workers (``plan.Layout``)."""
     duration_s: float
     load_s: float
     """How long load was generated (the slowest worker)."""
@@ -170,7 +176,7 @@ def render(report: SimulationReport) -> RenderableType:
     summary = Text.from_markup(
         f"run {report.run_id} on node {report.node_id}: profile [bold]{report.profile}[/],"
         f" seed {report.seed},"
-        f" {report.workers} worker process(es), load for {report.load_s:.1f} s;"
+        f" {report.workers} worker process(es) ({report.layout}), load for {report.load_s:.1f} s;"
         f" writer: {writer.get('rows_written', 0):,} rows written,"
         f" {writer.get('retries', 0)} retries, peak {writer.get('peak_pending_bytes', 0):,} bytes"
         f" pending; {report.pubsub_messages:,} pub/sub snapshots received;"

@@ -26,7 +26,7 @@ from tradestore.models import (
     TraderConfig,
     TradingMode,
 )
-from tradestore.simulation.context import PositionKeys, WorkerContext
+from tradestore.simulation.context import PositionKeys, WorkerContext, WritePart
 from tradestore.simulation.counters import pause_after_error
 from tradestore.simulation.ids import Kind, Ledger, row_id
 from tradestore.simulation.market import PRICE_PLACES, USDC, SimToken, age_ms, sol_token
@@ -39,13 +39,18 @@ TICK_S = 0.1
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 CONFIG_REFRESH_S = 5.0
 TOKEN_REFRESH_S = 2.0
-FEE_RATE = Decimal("0.0025")
-LAMPORT = Decimal("1e-9")
+FEE_RATE = 0.0025
+ZERO = Decimal(0)
+
+
+def exact(value: float) -> Decimal:
+    """A float as an exact amount to nine places (a lamport)."""
+    return Decimal(value).quantize(PRICE_PLACES)
 
 
 def money(value: float) -> Decimal:
-    """A positive float as an exact amount to nine places (a lamport)."""
-    return max(Decimal(value).quantize(PRICE_PLACES), PRICE_PLACES)
+    """A positive float as an exact amount to nine places (at least a lamport)."""
+    return max(exact(value), PRICE_PLACES)
 
 
 class Trader:
@@ -80,6 +85,7 @@ class Trader:
         self.event_ledger = acked.event_ledger(self.stream.name, self.source)
         self._next_config = self._next_token = 0.0
         self._token_cursor = self._position_cursor = 0
+        self.phase = spec.index / traders
 
     @property
     def live(self) -> bool:
@@ -98,7 +104,7 @@ class Trader:
 
     async def run(self) -> None:
         while self.context.running():
-            await ticks(TICK_S, self.context.deadline)
+            await ticks(TICK_S, self.context.deadline, self.phase)
             try:
                 await self.tick()
             except TradestoreError as error:
@@ -106,13 +112,18 @@ class Trader:
                 await pause_after_error()
 
     async def tick(self) -> None:
+        """What is due now: the tick's trades, MEV events and positions go to the writer in
+        one call (one check, one receipt), then rules and events."""
         await self.refresh()
+        parts: list[WritePart] = []
         trades = self.trades.take()
         if trades:
-            await self.trade(trades)
+            parts += await self.trade(trades)
         positions = self.positions.take()
         if positions:
-            await self.report_positions(positions)
+            parts += self.report_positions(positions)
+        if parts:
+            await self.context.write(*parts)
         for _ in range(self.rules.take()):
             await self.set_rule()
         events = self.events.take()
@@ -152,82 +163,98 @@ class Trader:
         counters.price_ages[age_ms(price, read_ms)] += 1
         return price
 
-    async def trade(self, count: int) -> None:
-        """``count`` orders on one token of the watchlist, at the price just read. Live traders
-        also read SOL's price through the near cache, to price their priority fees."""
+    async def trade(self, count: int) -> list[WritePart]:
+        """``count`` orders on one token of the watchlist, at the price just read (and the MEV
+        events they met), to be written. Live traders also read SOL's price through the near
+        cache, to price their priority fees."""
         rng = self.rng
         token = rng.choice(self.watch)
         price = await self.read_price(token)
         sol = await self.read_price(self.sol, near=True) if self.live else None
         if price is None:
-            return
+            return []
         self.last_price[token.index] = price
         now = datetime.now(UTC)
-        plan, index = self.context.plan, self.spec.index
+        plan = self.context.plan
         ledger = self.trade_ledger
         first = ledger.reserve(count)
-        trades = [
-            self._decide(row_id(plan.run_tag, Kind.TRADE, index, first + n), now, token, price, sol)
-            for n in range(count)
-        ]
-        await self.context.write(
-            trades, "trades", lambda: ledger.ack(first, count), StreamName.TRADES
-        )
+        trades = self._decide(first, count, now, (token, price, sol))
+        parts = [WritePart(trades, "trades", lambda: ledger.ack(first, count), StreamName.TRADES)]
         if self.config.mev_protection_enabled:
             threatened = sum(rng.random() < plan.profile.mev_fraction for _ in trades)
             if threatened:
-                await self.report_mev(now, threatened)
+                parts.append(self.report_mev(now, threatened))
+        return parts
 
-    async def report_mev(self, now: datetime, count: int) -> None:
+    def report_mev(self, now: datetime, count: int) -> WritePart:
         ledger = self.mev_ledger
         first = ledger.reserve(count)
         run_tag, index = self.context.plan.run_tag, self.spec.index
         events = [
             self._mev(row_id(run_tag, Kind.MEV_EVENT, index, first + n), now) for n in range(count)
         ]
-        await self.context.write(events, "mev_events", lambda: ledger.ack(first, count))
+        return WritePart(events, "mev_events", lambda: ledger.ack(first, count))
 
     def _decide(
-        self, trade_id: UUID, now: datetime, token: SimToken, price: Decimal, sol: Decimal | None
-    ) -> Trade:
+        self,
+        first: int,
+        count: int,
+        now: datetime,
+        quote: tuple[SimToken, Decimal, Decimal | None],
+    ) -> list[Trade]:
+        """``count`` trades at one price: what they share is worked out once, amounts in
+        floats, each money field made exact (to a lamport) once. Built unvalidated with every
+        field given: the writer checks the run column by column (``timeseries.columns``),
+        cheaper than validating each row as it is built."""
+        token, price, sol = quote
         rng, config = self.rng, self.config
+        run_tag, index = self.context.plan.run_tag, self.spec.index
+        live, mev = self.live, config.mev_protection_enabled
+        size, unit = float(config.max_position_size), float(price)
+        slippage = config.max_slippage_bps / 10_000
+        lamport = float(sol) * 1e-9 if sol is not None else 0.0  # lamports to the quote token
+        fee_share = (self.info.get(token.mint, token.info).transfer_fee_bps or 0) / 10_000
         held = self.held.get(token.index, 0.0)
-        notional = rng.uniform(0.001, 0.02) * float(config.max_position_size)
-        amount = notional / float(price)
-        selling = held > amount and rng.random() < 0.5
-        self.held[token.index] = held - amount if selling else held + amount
-        if not selling:
-            self.cost[token.index] = self.cost.get(token.index, 0.0) + notional
-        fee_bps = self.info.get(token.mint, token.info).transfer_fee_bps or 0
-        value = Decimal(notional).quantize(PRICE_PLACES)
-        live = self.live
-        priority_fee = rng.randint(5_000, 200_000) if config.mev_protection_enabled else 0
-        fee = value * FEE_RATE
-        if sol is not None:  # lamports to the quote token
-            fee += priority_fee * LAMPORT * sol
-        return Trade(
-            id=trade_id,
-            timestamp=now,
-            trader_id=config.id,
-            mode=config.mode,
-            action=TradeAction.SELL if selling else TradeAction.BUY,
-            base_token=token.mint,
-            quote_token=USDC,
-            amount=money(amount),
-            price=price,
-            slippage=rng.uniform(-0.2, 1.0) * config.max_slippage_bps / 10_000,
-            fee=fee.quantize(PRICE_PLACES),
-            priority_fee=priority_fee,
-            transfer_fee=(value * fee_bps / 10_000).quantize(PRICE_PLACES),
-            tx_signature=str(Signature(rng.randbytes(64))) if live else None,
-            latency_ms=rng.randint(40, 900) if live else rng.randint(0, 5),
-            mev_protected=config.mev_protection_enabled,
-        )
+        cost = self.cost.get(token.index, 0.0)
+        trades = []
+        for n in range(count):
+            notional = rng.uniform(0.001, 0.02) * size
+            amount = notional / unit
+            selling = held > amount and rng.random() < 0.5
+            if selling:
+                held -= amount
+            else:
+                held += amount
+                cost += notional
+            priority_fee = rng.randint(5_000, 200_000) if mev else 0
+            trades.append(
+                Trade.model_construct(  # every field given; the writer checks the run
+                    id=row_id(run_tag, Kind.TRADE, index, first + n),
+                    timestamp=now,
+                    trader_id=config.id,
+                    mode=config.mode,
+                    action=TradeAction.SELL if selling else TradeAction.BUY,
+                    base_token=token.mint,
+                    quote_token=USDC,
+                    amount=money(amount),
+                    price=price,
+                    slippage=rng.uniform(-0.2, 1.0) * slippage,
+                    fee=exact(notional * FEE_RATE + priority_fee * lamport),
+                    priority_fee=priority_fee,
+                    transfer_fee=exact(notional * fee_share) if fee_share else ZERO,
+                    tx_signature=str(Signature(rng.randbytes(64))) if live else None,
+                    latency_ms=rng.randint(40, 900) if live else rng.randint(0, 5),
+                    mev_protected=mev,
+                )
+            )
+        self.held[token.index] = held
+        self.cost[token.index] = cost
+        return trades
 
     def _mev(self, event_id: UUID, now: datetime) -> MevEvent:
         rng = self.rng
         probability = rng.betavariate(2, 5)
-        return MevEvent(
+        return MevEvent.model_construct(
             id=event_id,
             timestamp=now,
             trader_id=self.config.id,
@@ -237,7 +264,7 @@ class Trader:
             priority_fee=rng.randint(10_000, 500_000),
         )
 
-    async def report_positions(self, count: int) -> None:
+    def report_positions(self, count: int) -> list[WritePart]:
         now_us = time.time_ns() // 1_000
         self._position_cursor += count
         rows: list[Position] = []
@@ -251,7 +278,7 @@ class Trader:
             held = Decimal(self.held.get(token.index, 0.0)).quantize(PRICE_PLACES)
             cost = Decimal(self.cost.get(token.index, 0.0)).quantize(PRICE_PLACES)
             rows.append(
-                Position(
+                Position.model_construct(
                     timestamp=EPOCH + timedelta(microseconds=micros),
                     trader_id=self.config.id,
                     token=token.mint,
@@ -262,15 +289,16 @@ class Trader:
                 )
             )
             keys.append((micros, token.index))
-        if rows:
-            ledger = self.position_keys
+        if not rows:
+            return []
+        ledger = self.position_keys
 
-            def acknowledged() -> None:
-                for micros, token in keys:
-                    ledger.micros.append(micros)
-                    ledger.tokens.append(token)
+        def acknowledged() -> None:
+            for micros, token in keys:
+                ledger.micros.append(micros)
+                ledger.tokens.append(token)
 
-            await self.context.write(rows, "positions", acknowledged, StreamName.POSITIONS)
+        return [WritePart(rows, "positions", acknowledged, StreamName.POSITIONS)]
 
     async def set_rule(self) -> None:
         held = [index for index in self.last_price if self.held.get(index, 0.0) > 0]

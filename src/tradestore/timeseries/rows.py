@@ -27,6 +27,7 @@ from tradestore.errors import FieldProblem, InvalidInputError
 from tradestore.models.base import all_validated, was_validated
 from tradestore.models.timeseries import Metric, MevEvent, Position, Trade
 from tradestore.settings import QuestDBSettings
+from tradestore.timeseries.columns import in_form
 from tradestore.timeseries.schema import METRICS, MEV_EVENTS, POSITIONS, TRADES
 
 LONG_MAX = 2**63 - 1
@@ -218,22 +219,37 @@ _TIMESTAMP = operator.attrgetter("timestamp")
 _PRIORITY_FEE = operator.attrgetter("priority_fee")
 
 
-def check_all(rows: Iterable[TimeSeriesRow], window: Window) -> list[TimeSeriesRow]:
-    """``check`` of every row, raising for the first that fails. A batch of one kind of
-    validated rows in the window is checked in a few passes at C speed, without a Python call
-    per row; anything else row by row."""
-    rows = list(rows)
+def by_model(rows: list[TimeSeriesRow]) -> dict[type[TimeSeriesRow], list[TimeSeriesRow]]:
+    """The rows of each model in their order; a call of one model, the usual case, is not
+    copied."""
     kinds = set(map(type, rows))
-    if (
-        rows
-        and kinds <= ENCODERS.keys()
-        and all_validated(rows)
+    if len(kinds) <= 1:
+        return dict.fromkeys(kinds, rows)
+    groups: dict[type[TimeSeriesRow], list[TimeSeriesRow]] = {}
+    for row in rows:
+        groups.setdefault(type(row), []).append(row)
+    return groups
+
+
+def _run_passes(kind: type[TimeSeriesRow], rows: list[TimeSeriesRow], window: Window) -> bool:
+    """Rows of one model: validated (or in the form validation gives, checked a column at a
+    time: ``columns.in_form``), in the window, their fees storable; no Python call per row."""
+    return (
+        (all_validated(rows) or in_form(rows))
         and window.oldest <= min(stamps := list(map(_TIMESTAMP, rows)))
         and max(stamps) <= window.newest
-        and (
-            kinds.isdisjoint(_WITH_FEE)
-            or (kinds <= _WITH_FEE and max(map(_PRIORITY_FEE, rows)) <= LONG_MAX)
-        )
+        and (kind not in _WITH_FEE or max(map(_PRIORITY_FEE, rows)) <= LONG_MAX)
+    )
+
+
+def check_all(rows: Iterable[TimeSeriesRow], window: Window) -> list[TimeSeriesRow]:
+    """``check`` of every row, raising for the first that fails. Rows of the four models that
+    pass (each model's run checked as a whole at C speed, ``_run_passes``) are accepted as
+    they are; if any does not, every row is checked on its own, which names the problem."""
+    rows = list(rows)
+    groups = by_model(rows)
+    if groups.keys() <= ENCODERS.keys() and all(
+        _run_passes(kind, group, window) for kind, group in groups.items()
     ):
         return rows
     return [check(row, window) for row in rows]

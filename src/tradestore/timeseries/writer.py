@@ -51,6 +51,7 @@ from tradestore.timeseries.rows import (
     TimeSeriesRow,
     Window,
     append_rows,
+    by_model,
     check_all,
 )
 from tradestore.timeseries.wal import WalWatch
@@ -227,17 +228,6 @@ def _drop_sender(lane: _Lane) -> None:
             log.debug("closing a failed QuestDB sender: %s", error)
 
 
-def _by_model(rows: list[TimeSeriesRow]) -> list[list[TimeSeriesRow]]:
-    """The rows of each model in their order (each model has a table of its own); a call of one
-    model, the usual case, is not copied."""
-    if len(set(map(type, rows))) <= 1:
-        return [rows] if rows else []
-    groups: dict[type[TimeSeriesRow], list[TimeSeriesRow]] = {}
-    for row in rows:
-        groups.setdefault(type(row), []).append(row)
-    return list(groups.values())
-
-
 class TimeSeriesWriter:
     """Reached as ``TimeSeriesStore.writer``; tuned by the ``questdb`` settings (flush interval,
     flush rows, memory bound, retry delays, request timeout, time window, dead-letter file)."""
@@ -293,7 +283,7 @@ class TimeSeriesWriter:
         self._require_open()
         checked = check_all(rows, Window.now(self.config))
         parts: list[_Part] = []
-        for group in _by_model(checked):
+        for group in by_model(checked).values():
             table = ENCODERS[type(group[0])].table  # checked: one of the four models
             offset = 0
             while offset < len(group):
