@@ -101,6 +101,20 @@ async def test_questdb_instants_come_and_go_aware_in_utc(settings: Settings) -> 
         await pool.close()
 
 
+async def test_an_argument_the_driver_cannot_encode_is_a_defect_not_an_outage(
+    settings: Settings,
+) -> None:
+    """Arguments are validated at the boundary, so one the driver refuses is tradestore's bug:
+    InternalError (exit 70), not "QuestDB did not answer"; the pool goes on serving."""
+    pool = QueryPool(settings, size=1)
+    try:
+        with pytest.raises(InternalError, match="cannot encode"):
+            await pool.fetch("SELECT dateadd('s', 0, $1) t", "not a timestamp")
+        assert (await pool.fetch("SELECT 1 one"))[0]["one"] == 1
+    finally:
+        await pool.close()
+
+
 @pytest.fixture
 def collector_enabled() -> Iterator[None]:
     """Whatever a test does to the collector, the next test finds it on."""

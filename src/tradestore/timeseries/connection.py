@@ -33,14 +33,20 @@ UNREACHABLE = (
 )
 
 
-def failure(settings: Settings, error: BaseException) -> ConfigError | StoreUnavailableError:
-    """A refused login is a configuration problem; anything else means QuestDB is not there.
+def failure(
+    settings: Settings, error: BaseException
+) -> ConfigError | InternalError | StoreUnavailableError:
+    """A refused login is a configuration problem; an argument the driver cannot encode is a
+    defect (arguments were validated at the boundary, so nothing was sent); anything else means
+    QuestDB is not there.
 
     QuestDB refuses a bad password with SQLSTATE 00000 and only a message to tell it by.
     """
     where = settings.questdb.dsn()
     if isinstance(error, asyncpg.PostgresError) and "invalid username/password" in str(error):
         return ConfigError(f"QuestDB at {where} refused the login: {error}")
+    if isinstance(error, asyncpg.DataError):
+        return InternalError(f"a query argument the QuestDB driver cannot encode: {error}")
     return StoreUnavailableError(
         f"QuestDB at {where} did not answer: {str(error) or type(error).__name__}"
     )
