@@ -281,9 +281,10 @@ class TimeSeriesWriter:
         """Accept every row or none: all are checked before any is accepted, so a bad row raises
         ``InvalidInputError`` and nothing of the call is written. May wait (backpressure)."""
         self._require_open()
-        checked = check_all(rows, Window.now(self.config))
+        window = Window.now(self.config)
+        checked = [check_all(group, window) for group in by_model(list(rows)).values()]
         parts: list[_Part] = []
-        for group in by_model(checked).values():
+        for group in checked:
             table = ENCODERS[type(group[0])].table  # checked: one of the four models
             offset = 0
             while offset < len(group):
