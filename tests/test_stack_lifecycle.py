@@ -121,7 +121,7 @@ def assert_unreadable_by_others(data_dir: Path) -> None:
     """
     questdb = data_dir / "questdb"
     written_by_the_stack = {questdb / "questdb.log", questdb / "questdb.pid"}
-    written_by_the_stack.add(questdb / "conf" / "server.conf")
+    written_by_the_stack |= {questdb / "conf" / "server.conf", questdb / "conf" / "log.conf"}
     paths = stack_paths(data_dir)
     exposed = []
     for path in paths:

@@ -73,6 +73,11 @@ class SpawnedServer(ABC):
     def _config(self) -> tuple[Path, str]:
         """The configuration file and what it must hold now (passwords included)."""
 
+    def _companion_files(self) -> dict[Path, str]:
+        """Further files the server reads at start, written and compared like the configuration
+        (QuestDB's log configuration, say)."""
+        return {}
+
     def _config_record(self) -> tuple[Path, str]:
         """What ``up`` compares to tell a running server's configuration is out of date: the
         configuration file itself, unless the server rewrites it (then a copy kept apart)."""
@@ -98,7 +103,11 @@ class SpawnedServer(ABC):
         """
         async with stack_lock(self.stack_dir):
             pid = self.running_pid()
-            if pid is not None and not _holds(*self._config_record()):
+            companions = self._companion_files()
+            current = _holds(*self._config_record()) and all(
+                _holds(path, text) for path, text in companions.items()
+            )
+            if pid is not None and not current:
                 await self._stop(pid)
                 pid = None
             if pid is None:
@@ -113,6 +122,8 @@ class SpawnedServer(ABC):
                 record_file, record = self._config_record()
                 if record_file != config_file:
                     write_private(record_file, record)
+                for path, text in companions.items():
+                    write_private(path, text)
                 pid = spawn_detached(
                     self.name, argv, cwd=self.root, log_file=self.log_file, pid_file=self.pid_file
                 )
