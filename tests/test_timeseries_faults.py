@@ -26,7 +26,13 @@ from tradestore.errors import StoreUnavailableError
 from tradestore.settings import Settings
 from tradestore.stack import LocalStack
 from tradestore.stack.questdb import QuestDBServer
-from tradestore.timeseries import Receipt, TimeSeriesStore, apply_schema, wal_tables
+from tradestore.timeseries import (
+    Receipt,
+    TimeSeriesStore,
+    TimeSeriesWriter,
+    apply_schema,
+    wal_tables,
+)
 
 pytestmark = pytest.mark.fault
 
@@ -219,3 +225,31 @@ async def test_a_full_disk_suspends_the_wal_and_every_acknowledged_row_becomes_v
         assert await questdb_problems() == []
     assert health.ok, health
     assert accepted == 200 * len(receipts)
+
+
+async def test_a_batch_opened_during_a_slow_send_waits_one_interval_not_two(
+    stack: LocalStack, settings: Settings
+) -> None:
+    """The interval counts from a batch's first row. A batch opened while QuestDB is slow to
+    take the one before is sent once it is an interval old, not an interval after that send
+    (before: 3.5 s here, the stall and then a whole interval)."""
+    interval_s, stall_s = 2.0, 1.5
+    tuned = settings.with_changes(questdb={"flush_interval_s": interval_s, "flush_rows": 100})
+    pid = stack.server("questdb").running_pid()
+    assert pid is not None
+    trader = uuid4()
+    async with TimeSeriesWriter(tuned) as writer:
+        await writer.flush()
+        freeze(pid)
+        try:
+            full = await writer.write_many(make_trades(trader, datetime.now(UTC), 100))
+            await asyncio.sleep(0.2)  # the lane took the full batch: its send hangs
+            opened = time.monotonic()
+            late = await writer.write_many(make_trades(trader, datetime.now(UTC), 1))
+            await asyncio.sleep(stall_s)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        await asyncio.wait_for(full, timeout=30)
+        await asyncio.wait_for(late, timeout=30)
+        waited_s = time.monotonic() - opened
+    assert interval_s - 0.1 <= waited_s < interval_s + 1.0, waited_s

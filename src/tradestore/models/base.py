@@ -150,14 +150,19 @@ M = TypeVar("M", bound=TradestoreModel)
 _ALL_FIELDS: dict[type[TradestoreModel], set[str]] = {}
 
 
-def from_stored(cls: type[M], fields: dict[str, Any]) -> M:
-    """A model of a row read from tradestore's own tables, built without validating it again.
+def unchecked(cls: type[M], fields: dict[str, Any]) -> M:
+    """A model built without validation, in a fifth of ``model_construct``'s time (0.9 against
+    4.5 µs for a ``Trade``), for the two hot paths that check rows another way:
 
-    Only for rows the stores read back: those were validated on their way in and the tables'
-    constraints hold them there, so checking each again costs more than the query (issue 13).
+    - rows the stores read back from tradestore's own tables: validated on their way in, and
+      the tables' constraints hold them there, so checking each again costs more than the query
+      (issue 13);
+    - rows a producer hands to the time series writer, which checks every unvalidated row column
+      by column before it accepts any (``timeseries.columns``).
+
     ``fields`` must hold every field, already in the validated form (enums, aware UTC instants)
     and becomes the instance's ``__dict__`` as it is. The instance is not marked validated, so a
-    store that is handed it back checks it like any other input.
+    store that is handed it checks it like any other input.
     """
     model = _new(cls)
     _set_dict(model, fields)

@@ -8,7 +8,7 @@ of shared traders, and reads only the node health it reported itself, unless a c
 Every query is a constant with $n parameters: nothing a caller passes is ever spliced into SQL.
 Every public call validates its arguments first (InvalidInputError) and raises only tradestore
 errors; rows come back as the models of ``tradestore.models``, built without validating them
-again (``from_stored``): what these tables hold was validated on its way in.
+again (``unchecked``): what these tables hold was validated on its way in.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from tradestore.models.base import (
     TradingMode,
     bounded_json,
     collections_deferred,
-    from_stored,
+    unchecked,
     validate_arguments,
 )
 from tradestore.models.relational import NodeName
@@ -131,7 +131,7 @@ MINT_COLUMNS = (
 def _token(row: Row) -> TokenInfo:
     """The values unpacked into the model's dict: twice as fast as ``dict(row)`` (issue 13)."""
     address, symbol, name, decimals, has_fee, fee_bps, extensions, updated = row.values()
-    return from_stored(
+    return unchecked(
         TokenInfo,
         {
             "address": address,
@@ -249,7 +249,7 @@ TRADER_COLUMNS = (
 def _trader(row: Row) -> TraderConfig:
     fields = dict(row)
     fields["mode"] = TradingMode(fields["mode"])
-    return from_stored(TraderConfig, fields)
+    return unchecked(TraderConfig, fields)
 
 
 def _trader_values(config: TraderConfig) -> tuple[object, ...]:
@@ -378,11 +378,11 @@ def _of_owned_trader(param: int) -> str:
 def _rule(row: Row) -> OrderRule:
     fields = {name: row[name] for name in RULE_FIELDS}
     fields["rule_type"] = RuleType(fields["rule_type"])
-    return from_stored(OrderRule, fields)
+    return unchecked(OrderRule, fields)
 
 
 def _claim(row: Row) -> RuleClaim:
-    return from_stored(
+    return unchecked(
         RuleClaim,
         {
             "rule": _rule(row),
@@ -568,7 +568,7 @@ def _health(row: Row) -> NodeHealth:
     fields = dict(row)
     fields["node"] = AnyUrl(fields["node"])
     fields["circuit_breaker_status"] = CircuitState(fields["circuit_breaker_status"])
-    return from_stored(NodeHealth, fields)
+    return unchecked(NodeHealth, fields)
 
 
 class NodeHealthRepository(Repository):

@@ -13,6 +13,7 @@ from decimal import Decimal
 from tradestore.cache import CoalescingPublisher
 from tradestore.errors import TradestoreError
 from tradestore.models import Event
+from tradestore.models.base import unchecked
 from tradestore.observability.latency import LATENCIES
 from tradestore.simulation.context import WorkerContext
 from tradestore.simulation.counters import pause_after_error
@@ -88,13 +89,16 @@ class PriceFeed:
         # validated, each would be checked twice on this hot path.
         now = datetime.now(UTC)
         events = [
-            Event.model_construct(
-                id=None,
-                event_type="price_update",
-                timestamp=now,
-                data=self.context.event_data(
-                    self.source, first + offset, token=token.mint, price=str(prices[token.mint])
-                ),
+            unchecked(
+                Event,
+                {
+                    "id": None,
+                    "event_type": "price_update",
+                    "timestamp": now,
+                    "data": self.context.event_data(
+                        self.source, first + offset, token=token.mint, price=str(prices[token.mint])
+                    ),
+                },
             )
             for offset, token in enumerate(tokens)
         ]

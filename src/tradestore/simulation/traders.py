@@ -26,6 +26,7 @@ from tradestore.models import (
     TraderConfig,
     TradingMode,
 )
+from tradestore.models.base import unchecked
 from tradestore.simulation.context import PositionKeys, WorkerContext, WritePart
 from tradestore.simulation.counters import pause_after_error
 from tradestore.simulation.ids import Kind, Ledger, row_id
@@ -35,7 +36,10 @@ from tradestore.simulation.plan import TraderSpec
 from tradestore.simulation.profiles import StreamName
 from tradestore.simulation.rules import RuleBook
 
-TICK_S = 0.1
+TICK_S = 0.25
+"""Four decisions a second, each trading what its buckets hold: at 100 ms the seed's 100 traders
+made 1,000 price reads and writer calls a second for the same trades, and their fixed costs
+held the worker's loop busy (BENCHMARKS.md)."""
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 CONFIG_REFRESH_S = 5.0
 TOKEN_REFRESH_S = 2.0
@@ -228,23 +232,26 @@ class Trader:
                 cost += notional
             priority_fee = rng.randint(5_000, 200_000) if mev else 0
             trades.append(
-                Trade.model_construct(  # every field given; the writer checks the run
-                    id=row_id(run_tag, Kind.TRADE, index, first + n),
-                    timestamp=now,
-                    trader_id=config.id,
-                    mode=config.mode,
-                    action=TradeAction.SELL if selling else TradeAction.BUY,
-                    base_token=token.mint,
-                    quote_token=USDC,
-                    amount=money(amount),
-                    price=price,
-                    slippage=rng.uniform(-0.2, 1.0) * slippage,
-                    fee=exact(notional * FEE_RATE + priority_fee * lamport),
-                    priority_fee=priority_fee,
-                    transfer_fee=exact(notional * fee_share) if fee_share else ZERO,
-                    tx_signature=str(Signature(rng.randbytes(64))) if live else None,
-                    latency_ms=rng.randint(40, 900) if live else rng.randint(0, 5),
-                    mev_protected=mev,
+                unchecked(  # every field given; the writer checks the run
+                    Trade,
+                    {
+                        "id": row_id(run_tag, Kind.TRADE, index, first + n),
+                        "timestamp": now,
+                        "trader_id": config.id,
+                        "mode": config.mode,
+                        "action": TradeAction.SELL if selling else TradeAction.BUY,
+                        "base_token": token.mint,
+                        "quote_token": USDC,
+                        "amount": money(amount),
+                        "price": price,
+                        "slippage": rng.uniform(-0.2, 1.0) * slippage,
+                        "fee": exact(notional * FEE_RATE + priority_fee * lamport),
+                        "priority_fee": priority_fee,
+                        "transfer_fee": exact(notional * fee_share) if fee_share else ZERO,
+                        "tx_signature": str(Signature(rng.randbytes(64))) if live else None,
+                        "latency_ms": rng.randint(40, 900) if live else rng.randint(0, 5),
+                        "mev_protected": mev,
+                    },
                 )
             )
         self.held[token.index] = held
@@ -254,14 +261,17 @@ class Trader:
     def _mev(self, event_id: UUID, now: datetime) -> MevEvent:
         rng = self.rng
         probability = rng.betavariate(2, 5)
-        return MevEvent.model_construct(
-            id=event_id,
-            timestamp=now,
-            trader_id=self.config.id,
-            sandwich_probability=probability,
-            estimated_loss_bps=int(probability * 200),
-            avoided=rng.random() < 0.8,
-            priority_fee=rng.randint(10_000, 500_000),
+        return unchecked(
+            MevEvent,
+            {
+                "id": event_id,
+                "timestamp": now,
+                "trader_id": self.config.id,
+                "sandwich_probability": probability,
+                "estimated_loss_bps": int(probability * 200),
+                "avoided": rng.random() < 0.8,
+                "priority_fee": rng.randint(10_000, 500_000),
+            },
         )
 
     def report_positions(self, count: int) -> list[WritePart]:
@@ -278,14 +288,17 @@ class Trader:
             held = Decimal(self.held.get(token.index, 0.0)).quantize(PRICE_PLACES)
             cost = Decimal(self.cost.get(token.index, 0.0)).quantize(PRICE_PLACES)
             rows.append(
-                Position.model_construct(
-                    timestamp=EPOCH + timedelta(microseconds=micros),
-                    trader_id=self.config.id,
-                    token=token.mint,
-                    amount=held,
-                    cost_basis=cost,
-                    current_price=price,
-                    unrealized_pnl=(held * price - cost).quantize(PRICE_PLACES),
+                unchecked(
+                    Position,
+                    {
+                        "timestamp": EPOCH + timedelta(microseconds=micros),
+                        "trader_id": self.config.id,
+                        "token": token.mint,
+                        "amount": held,
+                        "cost_basis": cost,
+                        "current_price": price,
+                        "unrealized_pnl": (held * price - cost).quantize(PRICE_PLACES),
+                    },
                 )
             )
             keys.append((micros, token.index))

@@ -22,7 +22,7 @@ from tradestore.models import Position, Trade, TradeAction, TradingMode
 from tradestore.models.base import (
     UtcDatetime,
     collections_deferred,
-    from_stored,
+    unchecked,
     validate_arguments,
 )
 from tradestore.observability.latency import timed
@@ -83,12 +83,12 @@ class _TraderIds(dict[str, UUID]):
 
 
 def _trades(rows: Sequence[Row]) -> list[Trade]:
-    """Stored rows as models, without validating again (``from_stored``): the columns come in the
+    """Stored rows as models, without validating again (``unchecked``): the columns come in the
     model's field order, and each row's values go straight into the model's own dict."""
     trader_ids = _TraderIds()
     with collections_deferred():
         return [
-            from_stored(
+            unchecked(
                 Trade,
                 {
                     "id": id_,
@@ -137,7 +137,7 @@ def _positions(rows: Sequence[Row]) -> list[Position]:
         for row in rows:
             fields = dict(zip(_POSITION_NAMES, _VALUES(row), strict=True))
             fields["trader_id"] = trader_ids[fields["trader_id"]]
-            positions.append(from_stored(Position, fields))
+            positions.append(unchecked(Position, fields))
     return positions
 
 

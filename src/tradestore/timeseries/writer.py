@@ -4,11 +4,11 @@ Accepting: ``write``/``write_many`` check every row of a call first (``rows.chec
 its timestamp inside the window, storable) and then accept all of them or none. Accepted rows
 are encoded into their table's open batch on the event loop, in runs of up to ``CHUNK_ROWS``.
 
-Sending: each table has a lane of its own: a task that seals the table's batch every
-``flush_interval_s`` (sooner once it holds ``flush_rows``) and sends it as one HTTP request, one
-QuestDB transaction, from the lane's worker thread, which owns the lane's only ``Sender`` (the
-client is not thread-safe, and releases the GIL while it waits on the network). A table whose
-batch is being retried or split never holds up another table.
+Sending: each table has a lane of its own: a task that seals the table's batch once its first
+row is ``flush_interval_s`` old (sooner once it holds ``flush_rows``) and sends it as one HTTP
+request, one QuestDB transaction, from the lane's worker thread, which owns the lane's only
+``Sender`` (the client is not thread-safe, and releases the GIL while it waits on the network).
+A table whose batch is being retried or split never holds up another table.
 
 Failures: connection errors, timeouts and server errors are retried with exponential backoff
 until they succeed; rows carry their own timestamps and the tables deduplicate, so a batch sent
@@ -451,7 +451,7 @@ class TimeSeriesWriter:
         while True:
             if not (lane.wake.is_set() or self._closing):
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(lane.wake.wait(), self.config.flush_interval_s)
+                    await asyncio.wait_for(lane.wake.wait(), self._until_due(lane.table))
             lane.wake.clear()
             batch = self._open.pop(lane.table, None)
             if batch is not None:
@@ -460,6 +460,18 @@ class TimeSeriesWriter:
                 lane.sealed = None
             if self._closing and lane.table not in self._open:
                 return
+
+    def _until_due(self, table: str) -> float:
+        """Seconds until the table's open batch is ``flush_interval_s`` old: a batch opened while
+        the previous one was being sent is due that much sooner, so no row waits more than the
+        interval plus one send for its turn. Without an open batch, a whole interval: one opened
+        meanwhile is due no later than that."""
+        interval = self.config.flush_interval_s
+        batch = self._open.get(table)
+        if batch is None:
+            return interval
+        age_s = (time.perf_counter_ns() - batch.created_ns) / 1e9
+        return max(0.0, interval - age_s)
 
     async def _deliver(self, lane: _Lane, batch: _Batch) -> None:
         rejected: dict[int, tuple[TimeSeriesRow, str]] = {}
