@@ -11,7 +11,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from tradestore.cache import CacheStore, StreamConsumer, apply_schema
-from tradestore.errors import ConfigError
+from tradestore.errors import ConfigError, InvalidInputError
 from tradestore.models.cache import Event
 from tradestore.settings import Settings
 
@@ -190,3 +190,23 @@ async def test_apply_schema_creates_the_platform_groups_once(
             batch = await cache.consumer(stream, group, "c").read(0)
             assert [event.id for event in batch] == [published]
     await redis_client.delete(stream)
+
+
+async def test_ack_checks_each_id_and_acks_nothing_of_a_bad_call(
+    cache: CacheStore, stream_name: str
+) -> None:
+    """``ack`` checks the ids it sends, not each whole event again; a bad one refuses the call
+    with InvalidInputError, and nothing of it is acknowledged."""
+    consumer = cache.consumer(stream_name, "workers", "only")
+    await consumer.ensure_group()
+    await cache.stream(stream_name).publish_many(events(2))
+    batch = await consumer.read(block_ms=200)
+    assert len(batch) == 2
+    forged = batch[1].model_copy(update={"id": "1-1\n"})  # model_copy skips validation
+    with pytest.raises(InvalidInputError, match=r"events\.1\.id"):
+        await consumer.ack([batch[0], forged])
+    with pytest.raises(InvalidInputError, match=r"events\.0"):
+        await consumer.ack([{"id": batch[0].id}])  # type: ignore[list-item]
+    with pytest.raises(InvalidInputError, match="events"):
+        await consumer.ack(batch[0].id)  # type: ignore[arg-type]
+    assert await consumer.ack([*batch, Event(event_type="never_published")]) == 2

@@ -24,7 +24,7 @@ from redis.typing import EncodableT, FieldT
 from tradestore.cache.client import RedisConnections, translated_errors
 from tradestore.errors import ConfigError, FieldProblem, InvalidInputError
 from tradestore.models.base import I32_MAX, bounded_json, validate_arguments
-from tradestore.models.cache import Event
+from tradestore.models.cache import MAX_ID_LENGTH, STREAM_ID, Event
 from tradestore.observability.latency import timed
 
 logger = logging.getLogger(__name__)
@@ -78,10 +78,31 @@ def _entries(reply: Any) -> list[tuple[str, dict[str, str] | None]]:  # noqa: AN
     return [(str(entry_id), fields) for entry_id, fields in value]
 
 
+def _acked_ids(events: object) -> list[str]:
+    """The stream ids to acknowledge, each checked: an ``Event`` whose id is a stream id (or
+    None, never published). Only the ids reach Redis, so the rest of each event is not validated
+    again: doing so (``validate_arguments``) cost a consumer a quarter of its CPU."""
+    where = "StreamConsumer.ack"
+    if not isinstance(events, Sequence) or isinstance(events, str):
+        raise InvalidInputError(where, [FieldProblem("events", "not a sequence of Event")])
+    ids: list[str] = []
+    for index, event in enumerate(events):
+        if not isinstance(event, Event):
+            raise InvalidInputError(where, [FieldProblem(f"events.{index}", "not an Event")])
+        entry_id = event.id
+        if entry_id is None:
+            continue
+        if type(entry_id) is not str or len(entry_id) > MAX_ID_LENGTH or not _is_id(entry_id):
+            raise InvalidInputError(where, [FieldProblem(f"events.{index}.id", "not a stream id")])
+        ids.append(entry_id)
+    return ids
+
+
 def _nogroup(error: ResponseError) -> bool:
     return str(error).startswith("NOGROUP")
 
 
+_is_id = STREAM_ID.fullmatch
 PUBLISH_BATCH = 1_000
 _PUBLISH_BATCH_LUA = """
 local ids = {}
@@ -224,10 +245,9 @@ class StreamConsumer:
         )
 
     @timed("redis", "stream.ack")
-    @validate_arguments
     async def ack(self, events: Sequence[Event]) -> int:
         """XACK; returns how many were still pending (0 for a group a restart removed)."""
-        ids = [event.id for event in events if event.id is not None]
+        ids = _acked_ids(events)
         if not ids:
             return 0
         with translated_errors(f"ack {self.stream} as {self.group}"):

@@ -21,6 +21,8 @@ from tradestore.models.base import (
 )
 
 STREAM_ID = re.compile(r"^\d+-\d+$")
+MAX_ID_LENGTH = 41
+"""Two 64-bit numbers and the dash."""
 DexName = Annotated[str, StringConstraints(min_length=1, max_length=32, pattern=r"^[a-z0-9_\-]+$")]
 RedisName = Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=r"^[!-~]+$")]
 """A stream, group, consumer or channel name: printable ASCII without spaces."""
@@ -55,10 +57,13 @@ class PriceQuote(TradestoreModel):
     timestamp: UtcDatetime = Field(default_factory=utc_now)
 
 
+StreamId = Annotated[str, StringConstraints(pattern=STREAM_ID.pattern, max_length=MAX_ID_LENGTH)]
+
+
 class Event(TradestoreModel):
     """One entry of a Redis stream; ``id`` is the stream's id once the entry is published."""
 
-    id: Annotated[str, StringConstraints(pattern=STREAM_ID.pattern, max_length=41)] | None = None
+    id: StreamId | None = None
     event_type: Identifier
     timestamp: UtcDatetime = Field(default_factory=utc_now)
     data: JsonObject = Field(default_factory=dict)
