@@ -129,7 +129,7 @@ def make_plan(
     seed: int,
     duration_s: float,
     workers: int,
-    layout: Layout = Layout.MIXED,
+    layout: Layout = Layout.ROLES,
 ) -> RunPlan:
     rng = random.Random(seed)
     run_tag = secrets.randbits(RUN_TAG_BITS)

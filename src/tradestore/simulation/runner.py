@@ -77,7 +77,7 @@ class Simulation:
     duration_s: float
     workers: int = 1
     seed: int = 42
-    layout: Layout = Layout.MIXED
+    layout: Layout = Layout.ROLES
     view: LiveView | None = None
     redraw: Callable[[], None] = lambda: None
     plan: RunPlan = field(init=False)
@@ -327,7 +327,7 @@ async def find_max(
     step_s: float,
     p99_ms: float,
     seed: int = 42,
-    layout: Layout = Layout.MIXED,
+    layout: Layout = Layout.ROLES,
     scales: Sequence[float] = DEFAULT_SCALES,
     watch: Callable[[Simulation], AbstractContextManager[None]] = lambda _: nullcontext(),
 ) -> MaxReport:
