@@ -112,7 +112,7 @@ def test_roles_put_the_feed_apart_and_deal_every_actor_once(settings: Settings) 
     alone = make_plan(settings, SMOKE, seed=3, duration_s=1, workers=1, layout=Layout.ROLES)
     assert alone.traders_of(0) == list(alone.traders)
     assert alone.tokens_of(0) == list(alone.tokens)
-    mixed = make_plan(settings, SMOKE, seed=3, duration_s=1, workers=2)
+    mixed = make_plan(settings, SMOKE, seed=3, duration_s=1, workers=2, layout=Layout.MIXED)
     assert [token.index for token in mixed.tokens_of(1)] == list(range(1, SMOKE.tokens, 2))
     assert mixed.feed_share(SMOKE.prices_per_s) == SMOKE.prices_per_s / 2
 
