@@ -80,7 +80,7 @@ async def main() -> None:
     parser.add_argument("--step", type=float, default=15.0, help="seconds per --find-max step")
     parser.add_argument("--p99-ms", type=float, default=250.0)
     parser.add_argument("--find-max-only", action="store_true")
-    parser.add_argument("--layout", type=Layout, choices=list(Layout), default=Layout.MIXED)
+    parser.add_argument("--layout", type=Layout, choices=list(Layout), default=Layout.ROLES)
     arguments = parser.parse_args()
     stack = await running_stack()
     settings: Settings = stack.settings

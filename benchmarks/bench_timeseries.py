@@ -6,6 +6,9 @@ call (``str`` of each UUID and ``append_rows``' set-up for every row: dearer tha
 before runs, whose cost the writer's before/after comparison in BENCHMARKS.md gives), the raw
 client with tradestore's run encoding, and the writer. For each: rows/s, and the CPU time per
 row of this process and of QuestDB, which a busy machine inflates far less than it cuts rows/s.
+Then QuestDB's CPU at the seed's pace: 10,000 trades/s for ``PACED_S`` seconds through the writer
+at three flush intervals, which shows what each ILP transaction costs the server on its own
+(with the worker-pool thresholds and log level the stack sets, printed from ``SHOW PARAMETERS``).
 
 Run: ``.venv/bin/python -m benchmarks.bench_timeseries [--rows N] [--json]`` (or ``./run bench``).
 It measures the local stack of ``./run start`` (TRADESTORE_* variables move it), starting it if it
@@ -47,6 +50,9 @@ LATENCY_SAMPLES = 100
 LOAD_ROWS_PER_S = 20_000
 QUERY_ROWS = 1_000
 QUERY_SAMPLES = 50
+PACED_ROWS_PER_S = 10_000
+PACED_S = 15.0
+PACED_INTERVALS_S = (0.1, 0.3, 1.0)
 BASE, QUOTE = str(Pubkey.new_unique()), str(Pubkey.new_unique())
 
 
@@ -281,6 +287,38 @@ async def compare(
     }
 
 
+async def paced(settings: Settings, questdb: psutil.Process) -> dict[str, Any]:
+    """QuestDB's share of a core while the writer sends 10,000 trades/s, per flush interval."""
+    async with connection(settings) as conn:
+        rows = await conn.fetch(
+            "SELECT property_path, value FROM (SHOW PARAMETERS)"
+            " WHERE property_path LIKE '%worker.sleep.threshold'"
+        )
+    runs: dict[str, dict[str, float]] = {}
+    for interval_s in PACED_INTERVALS_S:
+        tuned = settings.with_changes(
+            questdb={"flush_interval_s": interval_s, "flush_rows": 1_000_000}
+        )
+        per_tick = int(PACED_ROWS_PER_S * 0.05)
+        async with TimeSeriesWriter(tuned) as writer:
+            with CpuClock(questdb) as clock:
+                started = time.monotonic()
+                ticks = 0
+                while time.monotonic() - started < PACED_S:
+                    await writer.write_many(trades(per_tick))
+                    ticks += 1
+                    await asyncio.sleep(max(0.0, started + ticks * 0.05 - time.monotonic()))
+                await writer.flush()
+                elapsed_s = time.monotonic() - started
+            batches = writer.stats().batches_written
+        runs[f"{interval_s:g}"] = {
+            "questdb_core_share": clock.server_s / elapsed_s,
+            "transactions_per_s": batches / elapsed_s,
+            "rows_per_s": ticks * per_tick / elapsed_s,
+        }
+    return {"thresholds": {row["property_path"]: row["value"] for row in rows}, "runs": runs}
+
+
 async def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", type=int, default=200_000, help="rows per throughput run")
@@ -305,6 +343,7 @@ async def main(argv: Sequence[str] | None = None) -> None:
         "visible_under_load": await write_to_visible(settings, under_load=True),
         "receipt_visible": await receipt_visible(settings),
         "last_1000_trades": await last_trades_latency(settings),
+        "paced": await paced(settings, questdb),
         "process_peak_rss_mib": rss_kib("VmHWM") / 1024,
     }
     if args.json:
@@ -349,6 +388,16 @@ async def main(argv: Sequence[str] | None = None) -> None:
         f"last {QUERY_ROWS} trades of a trader as models: p50 {r['p50_ms']:.1f} ms, "
         f"p99 {r['p99_ms']:.1f} ms over {QUERY_SAMPLES} queries"
     )
+    r = results["paced"]
+    print(
+        f"QuestDB at {PACED_ROWS_PER_S:,} trades/s for {PACED_S:g} s a run (idle-worker"
+        f" thresholds: {', '.join(f'{k}={v}' for k, v in sorted(r['thresholds'].items()))}):"
+    )
+    for interval, run in r["runs"].items():
+        print(
+            f"  flush every {interval} s: {run['transactions_per_s']:.1f} transactions/s,"
+            f" {run['rows_per_s']:,.0f} rows/s, QuestDB {run['questdb_core_share']:.0%} of a core"
+        )
     print(f"benchmark process peak RSS: {results['process_peak_rss_mib']:.0f} MiB")
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 DEFAULT_BURST_S = 1.0
 
@@ -19,16 +20,25 @@ class TokenBucket:
     a rate of 0.1/s then does its share over a short run on average, not nothing or a burst.
     """
 
-    __slots__ = ("_capacity", "_last", "_level", "rate")
+    __slots__ = ("_capacity", "_clock", "_last", "_level", "rate")
 
-    def __init__(self, rate: float, phase: float, burst_s: float = DEFAULT_BURST_S) -> None:
+    def __init__(
+        self,
+        rate: float,
+        phase: float,
+        burst_s: float = DEFAULT_BURST_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.rate = rate
-        self._capacity = max(rate * burst_s, 1.0)
+        # ``burst_s`` of work, plus the operation falling due: capped at the work alone, a bucket
+        # of 1/s taken 4 times a second lost what it held past 1 each time (12 % of its rate).
+        self._capacity = rate * burst_s + 1.0
         self._level = phase
         self._last: float | None = None
+        self._clock = clock
 
     def take(self, limit: int | None = None) -> int:
-        now = time.monotonic()
+        now = self._clock()
         if self._last is not None:
             self._level = min(self._level + (now - self._last) * self.rate, self._capacity)
         self._last = now
