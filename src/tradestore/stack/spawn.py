@@ -103,11 +103,7 @@ class SpawnedServer(ABC):
         """
         async with stack_lock(self.stack_dir):
             pid = self.running_pid()
-            companions = self._companion_files()
-            current = _holds(*self._config_record()) and all(
-                _holds(path, text) for path, text in companions.items()
-            )
-            if pid is not None and not current:
+            if pid is not None and not self._current():
                 await self._stop(pid)
                 pid = None
             if pid is None:
@@ -122,7 +118,7 @@ class SpawnedServer(ABC):
                 record_file, record = self._config_record()
                 if record_file != config_file:
                     write_private(record_file, record)
-                for path, text in companions.items():
+                for path, text in self._companion_files().items():
                     write_private(path, text)
                 pid = spawn_detached(
                     self.name, argv, cwd=self.root, log_file=self.log_file, pid_file=self.pid_file
@@ -135,6 +131,12 @@ class SpawnedServer(ABC):
                 log_file=self.log_file,
                 still_running=lambda: pid_alive(started),
             )
+
+    def _current(self) -> bool:
+        """Whether the running server was started with what its files must hold now."""
+        return _holds(*self._config_record()) and all(
+            _holds(path, text) for path, text in self._companion_files().items()
+        )
 
     async def _stop(self, pid: int) -> None:
         await terminate(pid, timeout_s=self.stop_timeout_s)
