@@ -3,6 +3,7 @@ and the verification fails when a stored row is tampered with."""
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -12,10 +13,12 @@ from uuid import UUID, uuid4
 import asyncpg
 import pytest
 import pytest_asyncio
+from rich.console import Console
 
 from tests.support import cli_env, closed_port, tradestore
 from tradestore.errors import InvalidInputError, VerificationError
 from tradestore.settings import Settings
+from tradestore.simulation.dashboard import LiveView
 from tradestore.simulation.ids import Kind, Ledger, Tally, compare, parse_row_id, row_id
 from tradestore.simulation.market import age_ms, make_tokens, stamp
 from tradestore.simulation.pacing import TokenBucket, deliverable
@@ -240,3 +243,20 @@ def test_a_store_that_is_away_is_a_typed_error_and_its_exit_code(settings: Setti
     result = tradestore("simulate", "--profile", "smoke", "--duration", "1", "--json", env=env)
     assert result.returncode == 69, result.stderr[-2000:]
     assert json.loads(result.stdout)["error"] == "StoreUnavailableError"
+
+
+def test_the_live_view_draws_from_its_snapshot_alone() -> None:
+    """Drawn in a thread, the view shows what the loop copied last, never state it changes."""
+    view = LiveView(SMOKE.targets(), 10.0, "smoke")
+    before = io.StringIO()
+    Console(file=before, width=120).print(view)  # nothing copied yet: the header alone
+    assert "starting workers" in before.getvalue()
+    assert "trades" not in before.getvalue()
+    view.start()
+    view.snapshot()
+    view.phase = "draining"  # changed after the copy: shown by the next drawing only
+    after = io.StringIO()
+    Console(file=after, width=120).print(view)
+    assert "running" in after.getvalue()
+    assert "draining" not in after.getvalue()
+    assert "trades" in after.getvalue()

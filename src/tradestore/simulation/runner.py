@@ -44,7 +44,8 @@ from tradestore.simulation.worker import Message, WorkerResult, worker_main
 
 READY_TIMEOUT_S = 120.0
 POLL_S = 0.25
-REDRAW_S = 0.5
+REDRAW_S = 1.0
+"""Workers report once a second: a faster redraw would show the same figures again."""
 DRAIN_TIMEOUT_S = 30.0
 JOIN_TIMEOUT_S = 15.0
 MAX_WORKERS = 64
@@ -105,7 +106,16 @@ class Simulation:
     def _phase(self, phase: str) -> None:
         if self.view is not None:
             self.view.phase = phase
+            self.view.snapshot()
             self.redraw()
+
+    def _draw(self, drawing: asyncio.Task[None] | None) -> asyncio.Task[None] | None:
+        """Draw the view in a thread unless the last drawing is still going: the event loop
+        only copies what it shows (``LiveView.snapshot``) and keeps serving the UI consumer."""
+        if self.view is None or (drawing is not None and not drawing.done()):
+            return drawing
+        self.view.snapshot()
+        return asyncio.create_task(asyncio.to_thread(self.redraw))
 
     async def run(self) -> SimulationReport:
         async with NodeLease(self.settings), tradestore.connect(self.settings) as db:
@@ -167,6 +177,7 @@ class Simulation:
         results: dict[int, WorkerResult] = {}
         deadline = time.monotonic() + READY_TIMEOUT_S
         redrawn = 0.0
+        drawing: asyncio.Task[None] | None = None
         while len(results) < self.workers:
             try:
                 kind, worker, payload = await asyncio.to_thread(outbox.get, True, POLL_S)
@@ -191,7 +202,9 @@ class Simulation:
                         self.view.update(payload.progress)
             if time.monotonic() - redrawn >= REDRAW_S:
                 redrawn = time.monotonic()
-                self.redraw()
+                drawing = self._draw(drawing)
+        if drawing is not None:
+            await drawing
         self.results = [results[worker] for worker in sorted(results)]
 
     def _check_alive(
