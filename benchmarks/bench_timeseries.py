@@ -52,6 +52,7 @@ QUERY_ROWS = 1_000
 QUERY_SAMPLES = 50
 PACED_ROWS_PER_S = 10_000
 PACED_S = 15.0
+PACED_TICK_S = 0.05
 PACED_INTERVALS_S = (0.1, 0.3, 1.0)
 BASE, QUOTE = str(Pubkey.new_unique()), str(Pubkey.new_unique())
 
@@ -299,7 +300,7 @@ async def paced(settings: Settings, questdb: psutil.Process) -> dict[str, Any]:
         tuned = settings.with_changes(
             questdb={"flush_interval_s": interval_s, "flush_rows": 1_000_000}
         )
-        per_tick = int(PACED_ROWS_PER_S * 0.05)
+        per_tick = int(PACED_ROWS_PER_S * PACED_TICK_S)
         async with TimeSeriesWriter(tuned) as writer:
             with CpuClock(questdb) as clock:
                 started = time.monotonic()
@@ -307,7 +308,7 @@ async def paced(settings: Settings, questdb: psutil.Process) -> dict[str, Any]:
                 while time.monotonic() - started < PACED_S:
                     await writer.write_many(trades(per_tick))
                     ticks += 1
-                    await asyncio.sleep(max(0.0, started + ticks * 0.05 - time.monotonic()))
+                    await asyncio.sleep(max(0.0, started + ticks * PACED_TICK_S - time.monotonic()))
                 await writer.flush()
                 elapsed_s = time.monotonic() - started
             batches = writer.stats().batches_written

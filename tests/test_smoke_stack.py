@@ -7,7 +7,7 @@ import re
 import asyncpg
 
 from tradestore.stack import LocalStack
-from tradestore.stack.questdb import IDLE_SPIN_CYCLES, SPINNING, UNUSED_POOLS
+from tradestore.stack.questdb import IDLE_SPIN_CYCLES, UNUSED_POOLS, WORKER_POOLS
 
 
 async def test_every_server_of_the_test_stack_answers(stack: LocalStack) -> None:
@@ -33,7 +33,7 @@ async def test_questdb_runs_with_parked_idle_workers_and_quiet_logging(stack: Lo
     finally:
         await connection.close()
     parameters = {row["property_path"]: (row["value"], row["value_source"]) for row in rows}
-    for pool in SPINNING:
+    for pool in WORKER_POOLS:
         assert parameters[f"{pool}.worker.sleep.threshold"] == (str(IDLE_SPIN_CYCLES), "conf")
     for pool in UNUSED_POOLS:
         assert parameters[f"{pool}.worker.count"] == ("1", "conf")

@@ -33,6 +33,7 @@ START_OF_STREAM = "0"
 """New groups read what the stream still holds: nothing published before them is lost."""
 
 _SOCKET_MARGIN_S = 1.0
+_is_id = STREAM_ID.fullmatch
 
 Fields = dict[FieldT, EncodableT]
 
@@ -102,7 +103,6 @@ def _nogroup(error: ResponseError) -> bool:
     return str(error).startswith("NOGROUP")
 
 
-_is_id = STREAM_ID.fullmatch
 PUBLISH_BATCH = 1_000
 _PUBLISH_BATCH_LUA = """
 local ids = {}

@@ -75,15 +75,15 @@ def simulate(
             min=1,
             max=64,
             help="Worker processes. Two (the feed's and the traders') keep the feed off the"
-            " traders' event loop: on 2 cores the seed's trade p99 is 180 ms, 223 with one.",
+            " traders' event loop (figures: BENCHMARKS.md).",
         ),
     ] = 2,
     layout: Annotated[
         Layout,
         typer.Option(
             help="roles: the price feed in a worker of its own, the traders in the others, as"
-            " deployed (each trader worker is one more writer of every QuestDB table: with two,"
-            " QuestDB used 5x the CPU here); mixed: every worker plays a share of every actor."
+            " deployed (each trader worker is one more writer of every QuestDB table, which costs"
+            " QuestDB dearly); mixed: every worker plays a share of every actor."
         ),
     ] = Layout.ROLES,
     seed: Annotated[int, typer.Option(help="Seed of the market and of every actor.")] = 42,

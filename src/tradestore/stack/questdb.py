@@ -36,11 +36,16 @@ HTTP_TIMEOUT_S = 5.0
 _VERSION_IN_BUILD = re.compile(r"QuestDB\s+([0-9][0-9A-Za-z.\-]*)")
 IDLE_SPIN_CYCLES = 100
 """How many empty polls a QuestDB worker makes before it parks. QuestDB's default, 10,000, keeps
-every pool spinning for milliseconds after each piece of work. Measured on 2 cores, 10 ILP
-transactions a second of 1,000 trades cost QuestDB 70 % of a core; with parked workers and the
-quieter log below, 20 %: the rest went to spinning and to logging each commit."""
-SPINNING = ("shared", "wal.apply", "mat.view.refresh", "view.compiler", "export")
+every pool spinning for milliseconds after each piece of work: with it and the INFO log below,
+10,000 trades/s in 10 transactions a second cost QuestDB 76 % of a core on 2 cores, 11 % with
+both changed (``bench_timeseries``' paced run, BENCHMARKS.md)."""
+WORKER_POOLS = ("shared", "wal.apply", "mat.view.refresh", "view.compiler", "export")
 """Every pool 9.3.4 runs (``SHOW PARAMETERS``); each takes its own threshold, none inherits."""
+UNUSED_POOLS = ("mat.view.refresh", "view.compiler", "export")
+"""Features tradestore never uses: one thread each instead of one per core."""
+WORKER_TUNING = "".join(
+    f"{pool}.worker.sleep.threshold={IDLE_SPIN_CYCLES}\n" for pool in WORKER_POOLS
+) + "".join(f"{pool}.worker.count=1\n" for pool in UNUSED_POOLS)
 LOG_CONFIG = """\
 # Written by tradestore when it starts the server. QuestDB logs every query and every WAL commit
 # at INFO: on 2 cores its logging thread then spent more CPU than the ingestion it narrated.
@@ -50,8 +55,6 @@ writers=stdout
 w.stdout.class=io.questdb.log.LogConsoleWriter
 w.stdout.level=ERROR
 """
-UNUSED_POOLS = ("mat.view.refresh", "view.compiler", "export")
-"""Features tradestore never uses: one thread each instead of one per core."""
 
 
 def maven_jar_path() -> Path:
@@ -196,9 +199,7 @@ class QuestDBServer(SpawnedServer):
             # the umask it was started with, so its directories carry the privacy: 0700
             # (448), as the stack's own directories above them are.
             "cairo.mkdir.mode=448\n"
-            "cairo.detached.mkdir.mode=448\n"
-            + "".join(f"{pool}.worker.sleep.threshold={IDLE_SPIN_CYCLES}\n" for pool in SPINNING)
-            + "".join(f"{pool}.worker.count=1\n" for pool in UNUSED_POOLS),
+            "cairo.detached.mkdir.mode=448\n" + WORKER_TUNING,
         )
 
     def _companion_files(self) -> dict[Path, str]:
